@@ -1,0 +1,167 @@
+import {
+  createRemoteJWKSet,
+  decodeProtectedHeader,
+  type JWTPayload,
+  type JWTVerifyOptions,
+  jwtVerify,
+} from 'jose';
+import type { Config } from '../config.js';
+import { ServiceUnavailableError, UnauthorizedError } from '../errors.js';
+
+/** The identity a verified token vouches for. */
+export interface TokenIdentity {
+  sub: string;
+  email: string | undefined;
+  name: string | undefined;
+}
+
+export type TokenVerifier = (authorization: string | undefined) => Promise<TokenIdentity>;
+
+/** Allowed clock difference between the token's issuer and us (SPEC §4). */
+export const CLOCK_SKEW_SECONDS = 60;
+
+/** Asymmetric algorithms a JWKS key may be used with; HS* is never accepted against one. */
+const ASYMMETRIC_ALGORITHMS = [
+  'EdDSA',
+  'Ed25519',
+  'ES256',
+  'ES384',
+  'ES512',
+  'RS256',
+  'RS384',
+  'RS512',
+  'PS256',
+  'PS384',
+  'PS512',
+];
+
+const BEARER = /^Bearer +([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*) *$/i;
+
+const COMMON_OPTIONS: JWTVerifyOptions = {
+  requiredClaims: ['exp', 'sub'],
+  clockTolerance: CLOCK_SKEW_SECONDS,
+};
+
+/**
+ * Builds the verifier once at start-up: keys are imported here and the remote key set is
+ * fetched lazily, cached, and refetched only on an unknown `kid`, never per request.
+ */
+export function createTokenVerifier(auth: Config['auth']): TokenVerifier {
+  const secretKey = new TextEncoder().encode(auth.secret);
+  const externalKeys = auth.jwksUrl
+    ? createRemoteJWKSet(new URL(auth.jwksUrl), {
+        timeoutDuration: 5_000,
+        cooldownDuration: 30_000,
+        cacheMaxAge: 10 * 60_000,
+      })
+    : undefined;
+  const externalOptions: JWTVerifyOptions = {
+    ...COMMON_OPTIONS,
+    algorithms: ASYMMETRIC_ALGORITHMS,
+    ...(auth.issuer ? { issuer: auth.issuer } : {}),
+    ...(auth.audience ? { audience: auth.audience } : {}),
+  };
+  const sharedSecretOptions: JWTVerifyOptions = { ...COMMON_OPTIONS, algorithms: ['HS256'] };
+
+  return async (authorization) => {
+    if (authorization === undefined || authorization.trim() === '') {
+      throw new UnauthorizedError('Not authenticated: missing Authorization header', 'missing');
+    }
+    const match = BEARER.exec(authorization);
+    const token = match?.[1];
+    if (token === undefined) {
+      throw new UnauthorizedError(
+        'Malformed Authorization header: expected "Bearer <JWT>"',
+        'malformed',
+      );
+    }
+
+    let alg: string | undefined;
+    try {
+      alg = decodeProtectedHeader(token).alg;
+    } catch {
+      throw new UnauthorizedError('Malformed token: header is not valid', 'malformed');
+    }
+
+    let payload: JWTPayload;
+    try {
+      if (alg === 'HS256') {
+        ({ payload } = await jwtVerify(token, secretKey, sharedSecretOptions));
+      } else if (alg !== undefined && externalKeys && ASYMMETRIC_ALGORITHMS.includes(alg)) {
+        ({ payload } = await jwtVerify(token, externalKeys, externalOptions));
+      } else {
+        throw new UnauthorizedError(
+          `Token algorithm ${JSON.stringify(alg ?? null)} is not accepted`,
+          'algorithm',
+        );
+      }
+    } catch (error) {
+      throw describeVerificationFailure(error);
+    }
+    return toIdentity(payload);
+  };
+}
+
+function toIdentity(payload: JWTPayload): TokenIdentity {
+  if (typeof payload.sub !== 'string' || payload.sub.trim() === '') {
+    throw new UnauthorizedError('Invalid token: "sub" must be a non-empty string', 'claims');
+  }
+  const now = Math.floor(Date.now() / 1000);
+  if (typeof payload.iat === 'number' && payload.iat > now + CLOCK_SKEW_SECONDS) {
+    throw new UnauthorizedError('Invalid token: issued in the future ("iat")', 'claims');
+  }
+  return {
+    sub: payload.sub,
+    email: typeof payload.email === 'string' && payload.email !== '' ? payload.email : undefined,
+    name: typeof payload.name === 'string' ? payload.name : undefined,
+  };
+}
+
+function errorCode(error: unknown): string | undefined {
+  if (typeof error === 'object' && error !== null && 'code' in error) {
+    return typeof error.code === 'string' ? error.code : undefined;
+  }
+  return undefined;
+}
+
+/** Maps jose's failures to a 401 that says what is wrong, never echoing the token. */
+function describeVerificationFailure(error: unknown): Error {
+  if (error instanceof UnauthorizedError) return error;
+  const claim =
+    typeof error === 'object' && error !== null && 'claim' in error ? String(error.claim) : '';
+  const reason =
+    typeof error === 'object' && error !== null && 'reason' in error ? String(error.reason) : '';
+  switch (errorCode(error)) {
+    case 'ERR_JWT_EXPIRED':
+      return new UnauthorizedError('Token has expired', 'expired');
+    case 'ERR_JWT_CLAIM_VALIDATION_FAILED':
+      if (reason === 'missing') {
+        return new UnauthorizedError(`Invalid token: missing required claim "${claim}"`, 'claims');
+      }
+      if (claim === 'nbf') return new UnauthorizedError('Token is not yet valid ("nbf")', 'claims');
+      if (claim === 'iss' || claim === 'aud') {
+        return new UnauthorizedError(`Invalid token: unexpected "${claim}"`, 'claims');
+      }
+      return new UnauthorizedError(`Invalid token: bad "${claim}" claim`, 'claims');
+    case 'ERR_JWS_SIGNATURE_VERIFICATION_FAILED':
+      return new UnauthorizedError('Invalid token signature', 'signature');
+    case 'ERR_JOSE_ALG_NOT_ALLOWED':
+    case 'ERR_JOSE_NOT_SUPPORTED':
+      return new UnauthorizedError('Token algorithm is not accepted', 'algorithm');
+    case 'ERR_JWKS_NO_MATCHING_KEY':
+    case 'ERR_JWKS_MULTIPLE_MATCHING_KEYS':
+      return new UnauthorizedError('Invalid token: no known key matches it', 'signature');
+    case 'ERR_JWKS_TIMEOUT':
+    case 'ERR_JWKS_INVALID':
+      return new ServiceUnavailableError('Token keys cannot be fetched right now; try again');
+    case 'ERR_JWS_INVALID':
+    case 'ERR_JWT_INVALID':
+      return new UnauthorizedError('Malformed token', 'malformed');
+    default:
+      // Node's fetch fails with "fetch failed" when the key set's host cannot be reached.
+      if (error instanceof TypeError && error.message === 'fetch failed') {
+        return new ServiceUnavailableError('Token keys cannot be fetched right now; try again');
+      }
+      return new UnauthorizedError('Invalid token', 'invalid');
+  }
+}

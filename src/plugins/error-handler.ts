@@ -1,0 +1,132 @@
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import fp from 'fastify-plugin';
+import { hasZodFastifySchemaValidationErrors } from 'fastify-type-provider-zod';
+import { isDatabaseUnavailable, sqlState } from '../db/errors.js';
+import { HttpError, UnauthorizedError, ValidationError, type ValidationIssue } from '../errors.js';
+
+/** Fastify's name for each request part, as FastAPI spells it in `loc`. */
+const LOCATION_NAMES: Record<string, string> = {
+  body: 'body',
+  querystring: 'query',
+  params: 'path',
+  headers: 'header',
+};
+
+interface ZodValidationEntry {
+  keyword: string;
+  instancePath: string;
+  message: string;
+  params: Record<string, unknown>;
+}
+
+function issueType(entry: ZodValidationEntry): string {
+  const { keyword, params, message } = entry;
+  switch (keyword) {
+    case 'invalid_type':
+      return message.includes('received undefined') ? 'missing' : `${String(params.expected)}_type`;
+    case 'too_big':
+      return params.origin === 'string' ? 'string_too_long' : 'less_than_equal';
+    case 'too_small':
+      return params.origin === 'string' ? 'string_too_short' : 'greater_than_equal';
+    case 'invalid_value':
+      return 'enum';
+    case 'invalid_format':
+      return 'string_pattern_mismatch';
+    case 'unrecognized_keys':
+      return 'extra_forbidden';
+    default:
+      return 'value_error';
+  }
+}
+
+function toValidationIssues(error: FastifyError): ValidationIssue[] {
+  const location = LOCATION_NAMES[error.validationContext ?? 'body'] ?? 'body';
+  const entries = (error.validation ?? []) as unknown as ZodValidationEntry[];
+  return entries.map((entry) => ({
+    loc: [location, ...entry.instancePath.split('/').filter((segment) => segment !== '')],
+    msg: entry.message,
+    type: issueType(entry),
+  }));
+}
+
+const INVALID_JSON: ValidationIssue = {
+  loc: ['body'],
+  msg: 'Body is not valid JSON',
+  type: 'json_invalid',
+};
+
+/** Body parser failures, answered in the 422 shape so clients need one error parser. */
+const BODY_ERRORS: Record<string, ValidationIssue> = {
+  FST_ERR_CTP_INVALID_JSON_BODY: INVALID_JSON,
+  FST_ERR_CTP_EMPTY_JSON_BODY: { loc: ['body'], msg: 'Body is empty', type: 'missing' },
+};
+
+function sendValidation(reply: FastifyReply, issues: ValidationIssue[]) {
+  return reply.code(422).send({ detail: issues });
+}
+
+/**
+ * The one place errors become responses: every body is `{"detail": ...}`, 5xx bodies say
+ * nothing internal, and the log line carries everything (with the request id).
+ */
+async function errorHandlerPlugin(app: FastifyInstance) {
+  app.setErrorHandler((error: FastifyError, request: FastifyRequest, reply: FastifyReply) => {
+    if (error instanceof HttpError) {
+      if (error instanceof UnauthorizedError || error.statusCode === 403) {
+        request.log.warn(
+          {
+            event: 'security',
+            reason: error instanceof UnauthorizedError ? error.reason : 'forbidden',
+            status: error.statusCode,
+          },
+          error.detail,
+        );
+      }
+      return reply.code(error.statusCode).headers(error.headers).send({ detail: error.detail });
+    }
+    if (error instanceof ValidationError) return sendValidation(reply, error.issues);
+    if (hasZodFastifySchemaValidationErrors(error)) {
+      return sendValidation(reply, toValidationIssues(error));
+    }
+
+    const bodyError = error.code ? BODY_ERRORS[error.code] : undefined;
+    if (bodyError || error instanceof SyntaxError) {
+      return sendValidation(reply, [bodyError ?? INVALID_JSON]);
+    }
+
+    if (isDatabaseUnavailable(error)) {
+      request.log.error({ err: error }, 'database unavailable');
+      return reply
+        .code(503)
+        .header('retry-after', '5')
+        .send({ detail: 'Service temporarily unavailable: the database cannot be reached' });
+    }
+
+    const state = sqlState(error);
+    if (state?.startsWith('22') || state === '23514') {
+      // Input the validators let through but PostgreSQL refused: still the client's input.
+      request.log.warn({ err: error }, 'database rejected a value');
+      return reply.code(422).send({
+        detail: [
+          { loc: ['body'], msg: 'A value was rejected by the database', type: 'value_error' },
+        ],
+      });
+    }
+
+    const status = error.statusCode ?? 500;
+    if (status >= 400 && status < 500) {
+      // Fastify's own client errors (413, 415, 400 ...) have messages written for clients.
+      return reply.code(status).send({ detail: error.message });
+    }
+
+    request.log.error({ err: error }, 'unhandled error');
+    return reply.code(500).send({ detail: 'Internal Server Error' });
+  });
+
+  app.setNotFoundHandler((request, reply) => {
+    request.log.info({ event: 'not_found' }, 'no route');
+    return reply.code(404).send({ detail: 'Not Found' });
+  });
+}
+
+export default fp(errorHandlerPlugin, { name: 'error-handler' });

@@ -1,0 +1,222 @@
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { ZodTypeProvider } from 'fastify-type-provider-zod';
+import { z } from 'zod';
+import type { AuthUser } from '../auth/auth.plugin.js';
+import type { TaskRow } from '../db/schema.js';
+import { ForbiddenError, NotFoundError } from '../errors.js';
+import { createTasksRepository } from './tasks.repository.js';
+import {
+  completeTaskBody,
+  createTaskBody,
+  errorResponse,
+  listTasksQuery,
+  type TaskJson,
+  taskParams,
+  taskResponse,
+  updateTaskBody,
+  userTaskParams,
+  userTasksParams,
+} from './tasks.schemas.js';
+
+export function toTaskJson(row: TaskRow): TaskJson {
+  return {
+    id: row.id,
+    user_id: row.userId,
+    title: row.title,
+    description: row.description,
+    completed: row.completed,
+    created_at: row.createdAt.toISOString(),
+    updated_at: row.updatedAt.toISOString(),
+  };
+}
+
+function currentUser(request: FastifyRequest): AuthUser {
+  if (request.user === null) throw new Error('tasks route reached without authentication');
+  return request.user;
+}
+
+/** Ids that cannot name a row (0, negative, beyond 2^53) are simply not found. */
+function existingTaskId(id: number): number {
+  if (!Number.isSafeInteger(id) || id < 1) throw new NotFoundError('Task not found');
+  return id;
+}
+
+function pathUserId(request: FastifyRequest): string | undefined {
+  const { params } = request;
+  if (typeof params === 'object' && params !== null && 'user_id' in params) {
+    return typeof params.user_id === 'string' ? params.user_id : undefined;
+  }
+  return undefined;
+}
+
+const errors = {
+  401: errorResponse.describe('Missing or invalid bearer token'),
+  403: errorResponse.describe("Path user_id is not the token's subject"),
+  422: errorResponse.describe('Validation failed'),
+  503: errorResponse.describe('Database unavailable'),
+};
+const notFound = { 404: errorResponse.describe('Task not found (or not yours)') };
+const bodyErrors = {
+  413: errorResponse.describe('Body over 16 KiB'),
+  415: errorResponse.describe('Body is not JSON'),
+};
+
+/** The two URL shapes of SPEC §5: the front end's `/api/{user_id}/tasks` and `/api/tasks`. */
+const SHAPES = [
+  {
+    base: '/api/:user_id/tasks',
+    tag: 'tasks (user path)',
+    collectionParams: userTasksParams,
+    itemParams: userTaskParams,
+    location: (userId: string, id: number) => `/api/${encodeURIComponent(userId)}/tasks/${id}`,
+  },
+  {
+    base: '/api/tasks',
+    tag: 'tasks',
+    collectionParams: z.object({}),
+    itemParams: taskParams,
+    location: (_userId: string, id: number) => `/api/tasks/${id}`,
+  },
+] as const;
+
+export default async function tasksRoutes(fastify: FastifyInstance) {
+  const app = fastify.withTypeProvider<ZodTypeProvider>();
+  const tasks = createTasksRepository(app.db);
+
+  app.addHook('onRequest', async (request, reply) => {
+    await app.authenticate(request);
+    const user = currentUser(request);
+    const pathUser = pathUserId(request);
+    if (pathUser !== undefined && pathUser !== user.id) {
+      throw new ForbiddenError("Forbidden: the user id in the path is not the token's user");
+    }
+    // Task lists are private: no shared cache may keep them.
+    reply.header('cache-control', 'no-store');
+  });
+
+  for (const shape of SHAPES) {
+    const security = [{ bearerAuth: [] }];
+    const tags = [shape.tag];
+
+    app.get(
+      shape.base,
+      {
+        schema: {
+          summary: 'List your tasks',
+          tags,
+          security,
+          params: shape.collectionParams,
+          querystring: listTasksQuery,
+          response: {
+            200: z.array(taskResponse).describe('Tasks; the X-Total-Count header has the total'),
+            ...errors,
+          },
+        },
+      },
+      async (request, reply) => {
+        const page = await tasks.list(currentUser(request).id, request.query);
+        reply.header('x-total-count', String(page.total));
+        return page.tasks.map(toTaskJson);
+      },
+    );
+
+    app.post(
+      shape.base,
+      {
+        schema: {
+          summary: 'Create a task',
+          tags,
+          security,
+          params: shape.collectionParams,
+          body: createTaskBody,
+          response: { 201: taskResponse, ...errors, ...bodyErrors },
+        },
+      },
+      async (request, reply) => {
+        const user = currentUser(request);
+        const row = await tasks.create(user.id, request.body);
+        reply.code(201).header('location', shape.location(user.id, row.id));
+        return toTaskJson(row);
+      },
+    );
+
+    const item = `${shape.base}/:id`;
+
+    app.get(
+      item,
+      {
+        schema: {
+          summary: 'Get one task',
+          tags,
+          security,
+          params: shape.itemParams,
+          response: { 200: taskResponse, ...errors, ...notFound },
+        },
+      },
+      async (request) => {
+        const row = await tasks.get(currentUser(request).id, existingTaskId(request.params.id));
+        if (!row) throw new NotFoundError('Task not found');
+        return toTaskJson(row);
+      },
+    );
+
+    app.put(
+      item,
+      {
+        schema: {
+          summary: 'Update a task (only the fields given)',
+          tags,
+          security,
+          params: shape.itemParams,
+          body: updateTaskBody,
+          response: { 200: taskResponse, ...errors, ...notFound, ...bodyErrors },
+        },
+      },
+      async (request) => {
+        const id = existingTaskId(request.params.id);
+        const row = await tasks.update(currentUser(request).id, id, request.body);
+        if (!row) throw new NotFoundError('Task not found');
+        return toTaskJson(row);
+      },
+    );
+
+    app.delete(
+      item,
+      {
+        schema: {
+          summary: 'Delete a task',
+          tags,
+          security,
+          params: shape.itemParams,
+          response: { 204: z.undefined().describe('Deleted'), ...errors, ...notFound },
+        },
+      },
+      async (request, reply) => {
+        const id = existingTaskId(request.params.id);
+        const deleted = await tasks.delete(currentUser(request).id, id);
+        if (!deleted) throw new NotFoundError('Task not found');
+        return reply.code(204).send();
+      },
+    );
+
+    app.patch(
+      `${item}/complete`,
+      {
+        schema: {
+          summary: 'Toggle completion, or set it with {"completed": bool}',
+          tags,
+          security,
+          params: shape.itemParams,
+          body: completeTaskBody,
+          response: { 200: taskResponse, ...errors, ...notFound, ...bodyErrors },
+        },
+      },
+      async (request) => {
+        const id = existingTaskId(request.params.id);
+        const row = await tasks.setCompleted(currentUser(request).id, id, request.body?.completed);
+        if (!row) throw new NotFoundError('Task not found');
+        return toTaskJson(row);
+      },
+    );
+  }
+}
