@@ -35,6 +35,9 @@ export async function buildApp(
       },
     },
     bodyLimit: BODY_LIMIT_BYTES,
+    // Migrations run while the database plugin loads; on a cold or busy database they can
+    // take longer than Fastify's default 10 s per plugin.
+    pluginTimeout: 120_000,
     trustProxy: config.trustProxy,
     // One log line per request is written in onResponse, with the user and the route.
     logController: new LogController({ disableRequestLogging: true }),
@@ -56,6 +59,9 @@ export async function buildApp(
   // An empty body with Content-Type: application/json is "no body" (PATCH .../complete sends
   // that), not a parse error; anything else goes through Fastify's hardened JSON parser.
   const parseJson = app.getDefaultJsonParser('error', 'error');
+  // JSON is the only body this API reads: any other media type is 415, not a 422 about
+  // a string where an object was expected.
+  app.removeContentTypeParser('text/plain');
   app.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => {
     const text = typeof body === 'string' ? body : body.toString('utf8');
     if (text.trim() === '') return done(null, undefined);

@@ -151,8 +151,11 @@ function describeVerificationFailure(error: unknown): Error {
     case 'ERR_JWKS_NO_MATCHING_KEY':
     case 'ERR_JWKS_MULTIPLE_MATCHING_KEYS':
       return new UnauthorizedError('Invalid token: no known key matches it', 'signature');
+    // jose's generic error is only raised when the key set answers non-200 or non-JSON:
+    // like a timeout, an outage of the issuer, not a bad token.
     case 'ERR_JWKS_TIMEOUT':
     case 'ERR_JWKS_INVALID':
+    case 'ERR_JOSE_GENERIC':
       return new ServiceUnavailableError('Token keys cannot be fetched right now; try again');
     case 'ERR_JWS_INVALID':
     case 'ERR_JWT_INVALID':

@@ -23,7 +23,11 @@ function issueType(entry: ZodValidationEntry): string {
   const { keyword, params, message } = entry;
   switch (keyword) {
     case 'invalid_type':
-      return message.includes('received undefined') ? 'missing' : `${String(params.expected)}_type`;
+      // Our schemas word a missing field "Field required" (FastAPI's words); Zod's default
+      // message says "received undefined".
+      return message === 'Field required' || message.includes('received undefined')
+        ? 'missing'
+        : `${String(params.expected)}_type`;
     case 'too_big':
       return params.origin === 'string' ? 'string_too_long' : 'less_than_equal';
     case 'too_small':
