@@ -1,0 +1,233 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  createTask,
+  createUserAndToken,
+  startTestApp,
+  type TaskBody,
+  type TestContext,
+  type TestUser,
+} from '../../test/helpers.js';
+import { task as taskTable } from '../db/schema.js';
+
+let ctx: TestContext;
+beforeAll(async () => {
+  ctx = await startTestApp();
+});
+afterAll(() => ctx.close());
+
+async function list(user: TestUser, query = '') {
+  return ctx.app.inject({ url: `/api/tasks${query}`, headers: user.headers });
+}
+
+async function listTasks(user: TestUser, query = '') {
+  const response = await list(user, query);
+  expect(response.statusCode).toBe(200);
+  return response.json<TaskBody[]>();
+}
+
+async function createTitled(user: TestUser, titles: string[]): Promise<TaskBody[]> {
+  const created: TaskBody[] = [];
+  // One after another, so ids and created_at follow the order given.
+  for (const title of titles) created.push(await createTask(ctx.app, user, { title }));
+  return created;
+}
+
+async function complete(user: TestUser, task: TaskBody) {
+  const response = await ctx.app.inject({
+    method: 'PATCH',
+    url: `/api/tasks/${task.id}/complete`,
+    headers: user.headers,
+    payload: { completed: true },
+  });
+  expect(response.statusCode).toBe(200);
+}
+
+/** A user with two pending and three completed tasks. */
+async function userWithMixedTasks() {
+  const user = await createUserAndToken();
+  const tasks = await createTitled(user, ['p1', 'c1', 'p2', 'c2', 'c3']);
+  for (const task of tasks.filter((t) => t.title.startsWith('c'))) await complete(user, task);
+  return user;
+}
+
+const titles = (tasks: TaskBody[]) => tasks.map((task) => task.title);
+
+describe('list: status filter', () => {
+  it('when status is omitted or all, then every task of the user is listed', async () => {
+    const user = await userWithMixedTasks();
+    expect(await listTasks(user)).toHaveLength(5);
+    expect(await listTasks(user, '?status=all')).toHaveLength(5);
+  });
+
+  it('when status is pending, then only tasks not completed are listed', async () => {
+    const user = await userWithMixedTasks();
+    const tasks = await listTasks(user, '?status=pending');
+    expect(titles(tasks).sort()).toEqual(['p1', 'p2']);
+    expect(tasks.every((task) => !task.completed)).toBe(true);
+  });
+
+  it('when status is completed, then only completed tasks are listed', async () => {
+    const user = await userWithMixedTasks();
+    const tasks = await listTasks(user, '?status=completed');
+    expect(titles(tasks).sort()).toEqual(['c1', 'c2', 'c3']);
+    expect(tasks.every((task) => task.completed)).toBe(true);
+  });
+
+  it('when status is invalid, then it is 422 at loc query.status', async () => {
+    const user = await createUserAndToken();
+    const response = await list(user, '?status=done');
+    expect(response.statusCode).toBe(422);
+    expect(response.json()).toMatchObject({ detail: [{ loc: ['query', 'status'] }] });
+  });
+});
+
+describe('list: sort', () => {
+  it('when sort is omitted or created, then the newest task comes first', async () => {
+    const user = await createUserAndToken();
+    const created = await createTitled(user, ['first', 'second', 'third', 'fourth']);
+    const newestFirst = created.map((task) => task.id).reverse();
+    expect((await listTasks(user)).map((task) => task.id)).toEqual(newestFirst);
+    expect((await listTasks(user, '?sort=created')).map((task) => task.id)).toEqual(newestFirst);
+  });
+
+  it('when tasks share created_at, then the higher id comes first', async () => {
+    const user = await createUserAndToken();
+    await listTasks(user); // the first request creates the user row
+    const at = new Date('2024-05-01T12:00:00.000Z');
+    const rows = await ctx.database.handle.db
+      .insert(taskTable)
+      .values(['x', 'y', 'z'].map((title) => ({ userId: user.id, title, createdAt: at })))
+      .returning({ id: taskTable.id });
+    const later = await createTask(ctx.app, user, { title: 'later' });
+    const expected = [later.id, ...rows.map((row) => row.id).sort((a, b) => b - a)];
+    expect((await listTasks(user, '?sort=created')).map((task) => task.id)).toEqual(expected);
+  });
+
+  it('when sort is title, then titles are A→Z ignoring case with ties by id ascending', async () => {
+    const user = await createUserAndToken();
+    const [banana, upperApple, cherry, lowerApple] = await createTitled(user, [
+      'banana',
+      'Apple',
+      'cherry',
+      'apple',
+    ]);
+    const ids = (await listTasks(user, '?sort=title')).map((task) => task.id);
+    expect(ids).toEqual([upperApple?.id, lowerApple?.id, banana?.id, cherry?.id]);
+  });
+
+  it('when sort is title with a status filter, then only that status is sorted', async () => {
+    const user = await createUserAndToken();
+    const [b, a, c] = await createTitled(user, ['B', 'a', 'c']);
+    if (b === undefined || a === undefined || c === undefined) throw new Error('setup');
+    await complete(user, c);
+    const pending = await listTasks(user, '?status=pending&sort=title');
+    expect(pending.map((task) => task.id)).toEqual([a.id, b.id]);
+  });
+
+  it('when sort is invalid, then it is 422 at loc query.sort', async () => {
+    const user = await createUserAndToken();
+    const response = await list(user, '?sort=priority');
+    expect(response.statusCode).toBe(422);
+    expect(response.json()).toMatchObject({ detail: [{ loc: ['query', 'sort'] }] });
+  });
+});
+
+describe('list: pagination', () => {
+  it('when limit and offset are given, then that page comes back with the total', async () => {
+    const user = await createUserAndToken();
+    const created = await createTitled(user, ['t1', 't2', 't3', 't4', 't5']);
+    const newestFirst = created.map((task) => task.id).reverse();
+
+    const first = await list(user, '?limit=2');
+    expect(first.json<TaskBody[]>().map((task) => task.id)).toEqual(newestFirst.slice(0, 2));
+    expect(first.headers['x-total-count']).toBe('5');
+
+    const middle = await list(user, '?limit=2&offset=2');
+    expect(middle.json<TaskBody[]>().map((task) => task.id)).toEqual(newestFirst.slice(2, 4));
+    expect(middle.headers['x-total-count']).toBe('5');
+
+    const last = await list(user, '?limit=2&offset=4');
+    expect(last.json<TaskBody[]>().map((task) => task.id)).toEqual(newestFirst.slice(4));
+    expect(last.headers['x-total-count']).toBe('5');
+  });
+
+  it('when the page is exactly full at the end, then X-Total-Count is still the total', async () => {
+    const user = await createUserAndToken();
+    await createTitled(user, ['t1', 't2', 't3', 't4']);
+    const response = await list(user, '?limit=2&offset=2');
+    expect(response.json<TaskBody[]>()).toHaveLength(2);
+    expect(response.headers['x-total-count']).toBe('4');
+  });
+
+  it('when offset is past the end, then the page is empty and X-Total-Count is the total', async () => {
+    const user = await createUserAndToken();
+    await createTitled(user, ['t1', 't2', 't3']);
+    const response = await list(user, '?limit=2&offset=10');
+    expect(response.statusCode).toBe(200);
+    expect(response.json()).toEqual([]);
+    expect(response.headers['x-total-count']).toBe('3');
+  });
+
+  it('when a status filter is paginated, then X-Total-Count counts that status only', async () => {
+    const user = await userWithMixedTasks();
+    const completed = await list(user, '?status=completed&limit=1');
+    expect(completed.json<TaskBody[]>()).toHaveLength(1);
+    expect(completed.headers['x-total-count']).toBe('3');
+    const pending = await list(user, '?status=pending&limit=1&offset=5');
+    expect(pending.json()).toEqual([]);
+    expect(pending.headers['x-total-count']).toBe('2');
+  });
+
+  it('when sort is title and paginated, then pages follow the title order', async () => {
+    const user = await createUserAndToken();
+    await createTitled(user, ['d', 'B', 'a', 'C']);
+    const page = await listTasks(user, '?sort=title&limit=2&offset=1');
+    expect(titles(page)).toEqual(['B', 'C']);
+  });
+
+  it('when no limit is given, then the whole list comes back with X-Total-Count', async () => {
+    const user = await createUserAndToken();
+    await createTitled(
+      user,
+      Array.from({ length: 12 }, (_, i) => `task ${i}`),
+    );
+    const response = await list(user);
+    expect(response.json<TaskBody[]>()).toHaveLength(12);
+    expect(response.headers['x-total-count']).toBe('12');
+  });
+
+  it('when a new user lists tasks, then it is [] with X-Total-Count 0', async () => {
+    const user = await createUserAndToken();
+    const response = await list(user);
+    expect(response.statusCode).toBe(200);
+    expect(response.json()).toEqual([]);
+    expect(response.headers['x-total-count']).toBe('0');
+  });
+
+  for (const limit of ['0', '-1', '1001', 'abc', '1.5']) {
+    it(`when limit is ${limit}, then it is 422 at loc query.limit`, async () => {
+      const user = await createUserAndToken();
+      const response = await list(user, `?limit=${limit}`);
+      expect(response.statusCode).toBe(422);
+      expect(response.json()).toMatchObject({ detail: [{ loc: ['query', 'limit'] }] });
+    });
+  }
+
+  for (const offset of ['-1', 'abc']) {
+    it(`when offset is ${offset}, then it is 422 at loc query.offset`, async () => {
+      const user = await createUserAndToken();
+      const response = await list(user, `?limit=10&offset=${offset}`);
+      expect(response.statusCode).toBe(422);
+      expect(response.json()).toMatchObject({ detail: [{ loc: ['query', 'offset'] }] });
+    });
+  }
+
+  it('when limit is 1000, then it is accepted', async () => {
+    const user = await createUserAndToken();
+    await createTask(ctx.app, user);
+    const response = await list(user, '?limit=1000');
+    expect(response.statusCode).toBe(200);
+    expect(response.json<TaskBody[]>()).toHaveLength(1);
+    expect(response.headers['x-total-count']).toBe('1');
+  });
+});
