@@ -1,15 +1,24 @@
 import { randomUUID } from 'node:crypto';
+import { STATUS_CODES } from 'node:http';
 import cors from '@fastify/cors';
 import helmet from '@fastify/helmet';
-import Fastify, { type FastifyInstance, LogController } from 'fastify';
+import Fastify, { type FastifyInstance, type FastifyReply, LogController } from 'fastify';
 import { serializerCompiler, validatorCompiler } from 'fastify-type-provider-zod';
 import authPlugin from './auth/auth.plugin.js';
+import { createBetterAuth } from './auth/better-auth.js';
+import betterAuthRoutes from './auth/better-auth.routes.js';
 import type { Config } from './config.js';
 import { createDatabase, type DatabaseHandle } from './db/client.js';
 import databasePlugin from './db/database.plugin.js';
 import docsPlugin from './plugins/docs.js';
 import errorHandler from './plugins/error-handler.js';
 import healthRoutes from './plugins/health.routes.js';
+import { serializeError } from './plugins/log-serializers.js';
+import metricsPlugin from './plugins/metrics.js';
+import rateLimitPlugin from './plugins/rate-limit.js';
+import securityLogPlugin, { loggableUrl } from './plugins/security-log.js';
+import webPlugin from './plugins/web.js';
+import type { TasksRepositoryOptions } from './tasks/tasks.repository.js';
 import tasksRoutes from './tasks/tasks.routes.js';
 
 /** SPEC §6: bodies over 16 KiB are refused with 413. */
@@ -20,6 +29,10 @@ const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 export interface AppDependencies {
   /** A database shared by several apps (tests); the app then neither migrates nor closes it. */
   database?: DatabaseHandle;
+  /** Where log lines go instead of stdout (tests read them). */
+  logStream?: { write(line: string): void };
+  /** TESTS ONLY: e.g. `{ unsafeOmitOwnerFilter: true }` to test row-level security alone. */
+  tasksRepository?: TasksRepositoryOptions;
 }
 
 export async function buildApp(
@@ -33,10 +46,12 @@ export async function buildApp(
         paths: ['req.headers.authorization', 'req.headers.cookie', 'res.headers["set-cookie"]'],
         censor: '[redacted]',
       },
+      serializers: { err: serializeError },
+      ...(dependencies.logStream ? { stream: dependencies.logStream } : {}),
     },
     bodyLimit: BODY_LIMIT_BYTES,
-    // Migrations run while the database plugin loads; on a cold or busy database they can
-    // take longer than Fastify's default 10 s per plugin.
+    // Start-up migrates the database inside a plugin: PGlite on a busy machine, or a cold
+    // serverless PostgreSQL, can take longer than Fastify's default of 10 s per plugin.
     pluginTimeout: 120_000,
     trustProxy: config.trustProxy,
     // One log line per request is written in onResponse, with the user and the route.
@@ -47,10 +62,49 @@ export async function buildApp(
       return typeof incoming === 'string' && REQUEST_ID.test(incoming) ? incoming : randomUUID();
     },
     routerOptions: { ignoreTrailingSlash: true, maxParamLength: 512 },
-    // A slow client must not hold a connection forever.
-    requestTimeout: 30_000,
-    connectionTimeout: 60_000,
-    keepAliveTimeout: 5_000,
+    // A slow client must not hold a connection forever: the whole request (headers included)
+    // must arrive within REQUEST_TIMEOUT_MS (else 408 and close), a silent socket is closed
+    // after twice that, and an idle keep-alive connection after KEEP_ALIVE_TIMEOUT_MS.
+    requestTimeout: config.http.requestTimeoutMs,
+    connectionTimeout: 2 * config.http.requestTimeoutMs,
+    keepAliveTimeout: config.http.keepAliveTimeoutMs,
+    http: {
+      requestTimeout: config.http.requestTimeoutMs,
+      headersTimeout: config.http.requestTimeoutMs,
+      // Node enforces the two timeouts above only when it checks (every 30 s by default),
+      // which would let a slow client linger up to 30 s past them.
+      connectionsCheckingInterval: Math.min(
+        30_000,
+        Math.max(100, Math.floor(config.http.requestTimeoutMs / 4)),
+      ),
+    },
+    // What the HTTP parser refuses (malformed requests, headers over 16 KiB) and the timeouts
+    // above, answered before any route: in the {"detail"} shape, not Fastify's default one.
+    clientErrorHandler: (error, socket) => {
+      if (error.code === 'ECONNRESET' || socket.destroyed) return;
+      const [status, detail] =
+        error.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+          ? [408, 'Request Timeout: the request did not arrive in time']
+          : error.code === 'HPE_HEADER_OVERFLOW'
+            ? [431, 'Request Header Fields Too Large']
+            : [400, 'Bad Request: malformed HTTP'];
+      if (socket.writable) {
+        const body = JSON.stringify({ detail });
+        socket.write(
+          `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\nContent-Type: application/json\r\n` +
+            `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+        );
+      }
+      socket.destroy();
+    },
+    // The router's own refusals (a malformed %-escape, a path segment over maxParamLength)
+    // in the one error shape, without echoing the URL back.
+    frameworkErrors: (error, _request, reply) => {
+      const status = error.statusCode ?? 400;
+      const detail =
+        status === 414 ? 'URI Too Long' : status < 500 ? 'Bad Request: malformed URL' : 'Error';
+      (reply as FastifyReply).code(status).send({ detail });
+    },
   });
 
   app.setValidatorCompiler(validatorCompiler);
@@ -71,12 +125,23 @@ export async function buildApp(
   app.addHook('onRequest', async (request, reply) => {
     reply.header('x-request-id', request.id);
   });
+  // Once shutdown begins, every response closes its connection: a keep-alive client would
+  // otherwise hold the server open for KEEP_ALIVE_TIMEOUT_MS after its last in-flight request
+  // (Node closes only the connections idle at the moment the server stops listening).
+  let closing = false;
+  app.addHook('preClose', async () => {
+    closing = true;
+  });
+  app.addHook('onSend', async (_request, reply, payload) => {
+    if (closing) reply.header('connection', 'close');
+    return payload;
+  });
   app.addHook('onResponse', async (request, reply) => {
     request.log.info(
       {
         method: request.method,
         route: request.routeOptions.url ?? null,
-        url: request.url,
+        url: loggableUrl(request.url),
         status: reply.statusCode,
         userId: request.user?.id ?? null,
         ip: request.ip,
@@ -99,10 +164,27 @@ export async function buildApp(
     },
     credentials: true,
     methods: ['GET', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'],
-    allowedHeaders: ['Authorization', 'Content-Type', 'X-Request-Id'],
-    exposedHeaders: ['Location', 'X-Total-Count', 'X-Request-Id', 'Retry-After'],
+    allowedHeaders: ['Authorization', 'Content-Type', 'X-Request-Id', 'Idempotency-Key'],
+    exposedHeaders: [
+      'Location',
+      'X-Total-Count',
+      'X-Request-Id',
+      'Retry-After',
+      'Idempotent-Replayed',
+      'X-RateLimit-Limit',
+      'X-RateLimit-Remaining',
+      'X-RateLimit-Reset',
+    ],
     maxAge: 600,
+    // Strict mode answers an OPTIONS without Access-Control-Request-Method with a text/plain
+    // 400, outside the {"detail"} error shape; lenient, it is answered like a preflight.
+    strictPreflight: false,
   });
+  // After helmet and CORS (a 429 carries their headers), before every route (their hooks
+  // must reach all of them and the 404 handler).
+  await app.register(metricsPlugin, { metrics: config.metrics });
+  await app.register(rateLimitPlugin, { config });
+  await app.register(securityLogPlugin);
   await app.register(docsPlugin);
 
   const ownsDatabase = dependencies.database === undefined;
@@ -116,10 +198,13 @@ export async function buildApp(
     owned: ownsDatabase,
     migrate: ownsDatabase,
   });
-  await app.register(authPlugin, { auth: config.auth });
+  const betterAuth = createBetterAuth(config, database.db, app.log);
+  await app.register(authPlugin, { auth: config.auth, betterAuth });
+  await app.register(betterAuthRoutes, { betterAuth, baseUrl: config.auth.baseUrl });
 
   await app.register(healthRoutes);
-  await app.register(tasksRoutes);
+  await app.register(tasksRoutes, { repository: dependencies.tasksRepository ?? {} });
+  await app.register(webPlugin);
 
   return app;
 }

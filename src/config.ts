@@ -35,6 +35,17 @@ const positiveInt = (fallback: number, max: number) =>
       .default(fallback),
   );
 
+/** A whole number from 0 (which turns the feature off) up to `max`. */
+const nonNegativeInt = (fallback: number, max: number) =>
+  optionalString.pipe(
+    z
+      .string()
+      .regex(/^\d+$/, 'must be a whole number (0 disables)')
+      .transform(Number)
+      .pipe(z.number().int().min(0).max(max, `must be at most ${max}`))
+      .default(fallback),
+  );
+
 const envSchema = z.object({
   NODE_ENV: optionalString.pipe(
     z.enum(['development', 'production', 'test']).default('development'),
@@ -61,8 +72,22 @@ const envSchema = z.object({
       .regex(/^rediss?:\/\//, 'must be a redis:// or rediss:// URL')
       .optional(),
   ),
+  RATE_LIMIT_USER_PER_MINUTE: nonNegativeInt(1200, 1_000_000),
+  RATE_LIMIT_IP_PER_MINUTE: nonNegativeInt(600, 1_000_000),
+  RATE_LIMIT_AUTH_PER_MINUTE: nonNegativeInt(20, 1_000_000),
+  RATE_LIMIT_NAMESPACE: optionalString.pipe(
+    z
+      .string()
+      .regex(/^[A-Za-z0-9:._-]{1,100}$/, 'must be 1-100 letters, digits or : . _ -')
+      .default('todo-api:rate-limit:'),
+  ),
+  METRICS_TOKEN: optionalString.pipe(
+    z.string().min(16, 'must be at least 16 characters').optional(),
+  ),
   LOG_LEVEL: optionalString.pipe(z.enum(LOG_LEVELS).default('info')),
   TRUST_PROXY: optionalString.pipe(z.enum(['true', 'false']).default('false')),
+  REQUEST_TIMEOUT_MS: positiveInt(30_000, 3_600_000),
+  KEEP_ALIVE_TIMEOUT_MS: positiveInt(5_000, 3_600_000),
 });
 
 export type LogLevel = (typeof LOG_LEVELS)[number];
@@ -83,8 +108,30 @@ export interface Config {
   host: string;
   port: number;
   redisUrl: string | undefined;
+  /** Requests per minute; 0 turns that limit off. */
+  rateLimit: {
+    /** Per token subject, on the tasks API. */
+    userPerMinute: number;
+    /** Per client IP, for every request not authenticated by a valid token. */
+    ipPerMinute: number;
+    /** Per client IP, on /api/auth/sign-in/* and /api/auth/sign-up/*. */
+    authPerMinute: number;
+    /** Prefix of the Redis keys, so several deployments (or tests) can share one Redis. */
+    namespace: string;
+  };
+  metrics: {
+    /** When set, /metrics needs `Authorization: Bearer <token>`; unset, loopback only. */
+    token: string | undefined;
+  };
   logLevel: LogLevel;
   trustProxy: boolean;
+  /** How long a slow client may hold a connection (SPEC §7: it must not hold one forever). */
+  http: {
+    /** Headers and body must arrive within this; otherwise 408 and the connection closes. */
+    requestTimeoutMs: number;
+    /** An idle keep-alive connection is closed after this. */
+    keepAliveTimeoutMs: number;
+  };
 }
 
 export interface LoadConfigOptions {
@@ -148,8 +195,19 @@ export function loadConfig(
     host: vars.HOST,
     port: vars.PORT,
     redisUrl: vars.REDIS_URL,
+    rateLimit: {
+      userPerMinute: vars.RATE_LIMIT_USER_PER_MINUTE,
+      ipPerMinute: vars.RATE_LIMIT_IP_PER_MINUTE,
+      authPerMinute: vars.RATE_LIMIT_AUTH_PER_MINUTE,
+      namespace: vars.RATE_LIMIT_NAMESPACE,
+    },
+    metrics: { token: vars.METRICS_TOKEN },
     logLevel: vars.LOG_LEVEL,
     trustProxy: vars.TRUST_PROXY === 'true',
+    http: {
+      requestTimeoutMs: vars.REQUEST_TIMEOUT_MS,
+      keepAliveTimeoutMs: vars.KEEP_ALIVE_TIMEOUT_MS,
+    },
   };
 }
 

@@ -1,12 +1,16 @@
 import {
+  createLocalJWKSet,
   createRemoteJWKSet,
+  decodeJwt,
   decodeProtectedHeader,
+  type JSONWebKeySet,
   type JWTPayload,
+  type JWTVerifyGetKey,
   type JWTVerifyOptions,
   jwtVerify,
 } from 'jose';
 import type { Config } from '../config.js';
-import { ServiceUnavailableError, UnauthorizedError } from '../errors.js';
+import { HttpError, ServiceUnavailableError, UnauthorizedError } from '../errors.js';
 
 /** The identity a verified token vouches for. */
 export interface TokenIdentity {
@@ -16,6 +20,17 @@ export interface TokenIdentity {
 }
 
 export type TokenVerifier = (authorization: string | undefined) => Promise<TokenIdentity>;
+
+/**
+ * The public keys of the Better Auth this service hosts, read in-process (its database), so
+ * that verifying its tokens never makes an HTTP call to ourselves.
+ */
+export type BuiltInKeysLoader = () => Promise<JSONWebKeySet>;
+
+/** `iss` and `aud` of the built-in Better Auth's tokens: the origin of BETTER_AUTH_URL. */
+export function builtInIssuer(baseUrl: string): string {
+  return new URL(baseUrl).origin;
+}
 
 /** Allowed clock difference between the token's issuer and us (SPEC §4). */
 export const CLOCK_SKEW_SECONDS = 60;
@@ -43,11 +58,72 @@ const COMMON_OPTIONS: JWTVerifyOptions = {
 };
 
 /**
+ * Our own key store failed (e.g. the database is down): a server problem, not a bad token,
+ * so the original error reaches the error handler (503 for an outage, else a logged 500).
+ */
+class KeyStoreError extends Error {
+  override name = 'KeyStoreError';
+
+  constructor(override readonly cause: unknown) {
+    super('the built-in key set could not be loaded');
+  }
+}
+
+/**
+ * A key set loaded once and cached; a token naming a `kid` it does not hold makes it reload
+ * (one load shared by concurrent requests), so a key rotated in while running is picked up.
+ * A failed load is not cached: the next token tries again.
+ */
+export function createReloadingLocalKeySet(load: BuiltInKeysLoader): JWTVerifyGetKey {
+  let current: Promise<JWTVerifyGetKey> | undefined;
+
+  const reload = () => {
+    const next = load().then(
+      (keySet) => createLocalJWKSet(keySet),
+      (error: unknown) => {
+        throw new KeyStoreError(error);
+      },
+    );
+    current = next;
+    next.catch(() => {
+      if (current === next) current = undefined;
+    });
+    return next;
+  };
+
+  return async (header, token) => {
+    const used = current;
+    const keys = await (used ?? reload());
+    try {
+      return await keys(header, token);
+    } catch (error) {
+      // Just loaded, or not a missing key: reloading cannot help.
+      if (used === undefined || errorCode(error) !== 'ERR_JWKS_NO_MATCHING_KEY') throw error;
+      // Another request may already have reloaded since: use its result.
+      const fresh = current !== undefined && current !== used ? current : reload();
+      return (await fresh)(header, token);
+    }
+  };
+}
+
+/**
  * Builds the verifier once at start-up: keys are imported here and the remote key set is
  * fetched lazily, cached, and refetched only on an unknown `kid`, never per request.
+ * Asymmetric tokens whose `iss` is the built-in issuer are checked against `builtInKeys`.
  */
-export function createTokenVerifier(auth: Config['auth']): TokenVerifier {
+export function createTokenVerifier(
+  auth: Config['auth'],
+  builtInKeys?: BuiltInKeysLoader,
+): TokenVerifier {
   const secretKey = new TextEncoder().encode(auth.secret);
+  const ownIssuer = builtInIssuer(auth.baseUrl);
+  const ownKeys = builtInKeys ? createReloadingLocalKeySet(builtInKeys) : undefined;
+  const ownOptions: JWTVerifyOptions = {
+    ...COMMON_OPTIONS,
+    algorithms: ASYMMETRIC_ALGORITHMS,
+    issuer: ownIssuer,
+    audience: ownIssuer,
+  };
   const externalKeys = auth.jwksUrl
     ? createRemoteJWKSet(new URL(auth.jwksUrl), {
         timeoutDuration: 5_000,
@@ -87,6 +163,13 @@ export function createTokenVerifier(auth: Config['auth']): TokenVerifier {
     try {
       if (alg === 'HS256') {
         ({ payload } = await jwtVerify(token, secretKey, sharedSecretOptions));
+      } else if (
+        alg !== undefined &&
+        ownKeys &&
+        ASYMMETRIC_ALGORITHMS.includes(alg) &&
+        claimedIssuer(token) === ownIssuer
+      ) {
+        ({ payload } = await jwtVerify(token, ownKeys, ownOptions));
       } else if (alg !== undefined && externalKeys && ASYMMETRIC_ALGORITHMS.includes(alg)) {
         ({ payload } = await jwtVerify(token, externalKeys, externalOptions));
       } else {
@@ -100,6 +183,15 @@ export function createTokenVerifier(auth: Config['auth']): TokenVerifier {
     }
     return toIdentity(payload);
   };
+}
+
+/** The `iss` a token claims, before any verification: it only picks the key set. */
+function claimedIssuer(token: string): string | undefined {
+  try {
+    return decodeJwt(token).iss;
+  } catch {
+    return undefined;
+  }
 }
 
 function toIdentity(payload: JWTPayload): TokenIdentity {
@@ -126,7 +218,10 @@ function errorCode(error: unknown): string | undefined {
 
 /** Maps jose's failures to a 401 that says what is wrong, never echoing the token. */
 function describeVerificationFailure(error: unknown): Error {
-  if (error instanceof UnauthorizedError) return error;
+  if (error instanceof HttpError) return error;
+  if (error instanceof KeyStoreError) {
+    return error.cause instanceof Error ? error.cause : new Error(String(error.cause));
+  }
   const claim =
     typeof error === 'object' && error !== null && 'claim' in error ? String(error.claim) : '';
   const reason =

@@ -8,6 +8,11 @@ const UNIQUE_VIOLATION = '23505';
 /**
  * Makes sure a token's user has a row for tasks to reference, without a write on every
  * request: ids already seen by this process are remembered (bounded, oldest evicted).
+ *
+ * It runs as the connection user, not inside `withUser`: `user` has no row-level security
+ * (Better Auth, which owns the table, reads and writes it as the connection user before any
+ * user is known), so the role would confine nothing here and only cost a transaction. The
+ * role holds the grants this upsert needs (tested in tasks.rls.test.ts), should that change.
  */
 export class UserRegistry {
   private readonly known = new Map<string, true>();

@@ -9,14 +9,19 @@ import { drizzle as drizzlePglite } from 'drizzle-orm/pglite';
 import { migrate as migratePglite } from 'drizzle-orm/pglite/migrator';
 import pg from 'pg';
 import type { Config } from '../config.js';
+import { isDatabaseUnavailable } from './errors.js';
 import { schema } from './schema.js';
+import { APP_ROLE } from './with-user.js';
 
 export type Database = PgDatabase<PgQueryResultHKT, typeof schema>;
 
 export interface DatabaseHandle {
   kind: Config['database']['kind'];
   db: Database;
-  /** Applies the committed SQL migrations; safe to call from several instances at once. */
+  /**
+   * Applies the committed SQL migrations, then checks that this connection may switch to the
+   * application role; safe to call from several instances at once.
+   */
   migrate(): Promise<void>;
   /** Resolves when the database answers a trivial query. */
   ping(): Promise<void>;
@@ -27,6 +32,27 @@ const MIGRATIONS_FOLDER = fileURLToPath(new URL('../../drizzle', import.meta.url
 
 // Any constant works; it only has to be the same for every instance of this service.
 const MIGRATION_LOCK_ID = 7_284_130_551;
+
+/**
+ * Every task query switches to APP_ROLE (src/db/with-user.ts). A connection user that may not
+ * (on Neon: a runtime user other than the one that ran the migration) would answer every task
+ * request with an error; refuse to start instead, saying what to grant.
+ */
+async function verifyAppRole(db: Database): Promise<void> {
+  try {
+    await db.transaction(async (tx) => {
+      await tx.execute(sql`select set_config('role', ${APP_ROLE}, true)`);
+    });
+  } catch (error) {
+    if (isDatabaseUnavailable(error)) throw error;
+    const reason = error instanceof Error ? (error.cause ?? error) : error;
+    const message = reason instanceof Error ? reason.message : String(reason);
+    throw new Error(
+      `the database user cannot switch to role ${APP_ROLE} (${message}); ` +
+        `as an administrator run: GRANT ${APP_ROLE} TO <this user>`,
+    );
+  }
+}
 
 export function createDatabase(
   config: Config['database'],
@@ -52,6 +78,13 @@ function createPostgres(
   });
   // An idle client losing its connection emits here; without a listener the process dies.
   pool.on('error', onPoolError);
+  // So does a checked-out client whose connection drops between two queries of a transaction
+  // (the pool listens only while a client is idle): the process crashed on exactly that when
+  // the database link was cut under load. Its next query fails instead (a 503), and the pool
+  // discards it on release.
+  pool.on('connect', (client) => {
+    client.on('error', onPoolError);
+  });
   const db = drizzlePg(pool, { schema });
 
   return {
@@ -69,6 +102,7 @@ function createPostgres(
       } finally {
         client.release();
       }
+      await verifyAppRole(db);
     },
     async ping() {
       await pool.query('select 1');
@@ -90,6 +124,7 @@ function createPglite(dir: string): DatabaseHandle {
     db,
     async migrate() {
       await migratePglite(db, { migrationsFolder: MIGRATIONS_FOLDER });
+      await verifyAppRole(db);
     },
     async ping() {
       await db.execute(sql`select 1`);

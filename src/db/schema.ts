@@ -4,7 +4,10 @@ import {
   boolean,
   check,
   index,
+  integer,
+  jsonb,
   pgTable,
+  primaryKey,
   text,
   timestamp,
   varchar,
@@ -94,6 +97,11 @@ export const jwks = pgTable('jwks', {
   crv: text('crv'),
 });
 
+/**
+ * Row-level security (migration 0002, not expressible here): RLS is enabled and forced, and a
+ * row is visible and writable only when `user_id = current_setting('app.user_id', true)`.
+ * The service reaches it only through `withUser` (src/db/with-user.ts).
+ */
 export const task = pgTable(
   'task',
   {
@@ -139,6 +147,35 @@ export const task = pgTable(
   ],
 );
 
-export const schema = { user, session, account, verification, jwks, task };
+/** Longest `Idempotency-Key` header accepted (and stored). */
+export const IDEMPOTENCY_KEY_MAX_LENGTH = 255;
+
+/**
+ * One row per `Idempotency-Key` a user sent to `POST …/tasks` in the last 24 hours. The row
+ * is inserted first, in the transaction that creates the task, so two requests racing with
+ * one key serialize on the primary key; the response columns are filled before commit.
+ * Like `task`, it has row-level security (migration 0002): a replayed body is a task.
+ */
+export const idempotencyKey = pgTable(
+  'idempotency_key',
+  {
+    userId: text('user_id')
+      .notNull()
+      .references(() => user.id, { onDelete: 'cascade' }),
+    key: varchar('key', { length: IDEMPOTENCY_KEY_MAX_LENGTH }).notNull(),
+    /** SHA-256 (hex) of the validated request body: the same key with another body is refused. */
+    requestHash: text('request_hash').notNull(),
+    responseStatus: integer('response_status'),
+    responseBody: jsonb('response_body').$type<Record<string, unknown>>(),
+    responseLocation: text('response_location'),
+    createdAt: createdAt(),
+  },
+  (table) => [
+    primaryKey({ columns: [table.userId, table.key] }),
+    check('idempotency_key_key_length', sql`char_length(${table.key}) >= 1`),
+  ],
+);
+
+export const schema = { user, session, account, verification, jwks, task, idempotencyKey };
 
 export type TaskRow = typeof task.$inferSelect;

@@ -3,6 +3,11 @@ import fp from 'fastify-plugin';
 import { hasZodFastifySchemaValidationErrors } from 'fastify-type-provider-zod';
 import { isDatabaseUnavailable, sqlState } from '../db/errors.js';
 import { HttpError, UnauthorizedError, ValidationError, type ValidationIssue } from '../errors.js';
+import { TooManyRequestsError } from './rate-limit.js';
+import { logSecurityEvent } from './security-log.js';
+
+/** SQLSTATE 42501: a row-level security policy refused the row, or a privilege is missing. */
+const INSUFFICIENT_PRIVILEGE = '42501';
 
 /** Fastify's name for each request part, as FastAPI spells it in `loc`. */
 const LOCATION_NAMES: Record<string, string> = {
@@ -76,13 +81,15 @@ function sendValidation(reply: FastifyReply, issues: ValidationIssue[]) {
 async function errorHandlerPlugin(app: FastifyInstance) {
   app.setErrorHandler((error: FastifyError, request: FastifyRequest, reply: FastifyReply) => {
     if (error instanceof HttpError) {
-      if (error instanceof UnauthorizedError || error.statusCode === 403) {
-        request.log.warn(
-          {
-            event: 'security',
-            reason: error instanceof UnauthorizedError ? error.reason : 'forbidden',
-            status: error.statusCode,
-          },
+      if (error instanceof UnauthorizedError) {
+        logSecurityEvent(request, error.reason, { status: 401 }, error.detail);
+      } else if (error.statusCode === 403) {
+        logSecurityEvent(request, 'forbidden', { status: 403 }, error.detail);
+      } else if (error instanceof TooManyRequestsError) {
+        logSecurityEvent(
+          request,
+          'rate_limited',
+          { status: 429, limit: error.limit },
           error.detail,
         );
       }
@@ -107,6 +114,13 @@ async function errorHandlerPlugin(app: FastifyInstance) {
     }
 
     const state = sqlState(error);
+    if (state === INSUFFICIENT_PRIVILEGE) {
+      // Row-level security refused a write (or the app role lacks a GRANT): never a 500, and
+      // 403 rather than 404 because it is a refused write, not a missing task. Nothing about
+      // the row is revealed; the log line says which policy or table (in `err`).
+      logSecurityEvent(request, 'rls_denied', { status: 403, err: error }, 'database refused');
+      return reply.code(403).send({ detail: 'Forbidden' });
+    }
     if (state?.startsWith('22') || state === '23514') {
       // Input the validators let through but PostgreSQL refused: still the client's input.
       request.log.warn({ err: error }, 'database rejected a value');

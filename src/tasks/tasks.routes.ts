@@ -1,10 +1,17 @@
+import { createHash } from 'node:crypto';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import { z } from 'zod';
 import type { AuthUser } from '../auth/auth.plugin.js';
-import type { TaskRow } from '../db/schema.js';
-import { ForbiddenError, NotFoundError } from '../errors.js';
-import { createTasksRepository } from './tasks.repository.js';
+import { IDEMPOTENCY_KEY_MAX_LENGTH, type TaskRow } from '../db/schema.js';
+import { ForbiddenError, NotFoundError, ValidationError } from '../errors.js';
+import {
+  createTasksRepository,
+  IDEMPOTENCY_TTL_HOURS,
+  type NewTask,
+  type StoredResponse,
+  type TasksRepositoryOptions,
+} from './tasks.repository.js';
 import {
   completeTaskBody,
   createTaskBody,
@@ -49,6 +56,36 @@ function pathUserId(request: FastifyRequest): string | undefined {
   return undefined;
 }
 
+/** RFC draft "The Idempotency-Key HTTP Header Field": 1–255 printable ASCII characters. */
+const IDEMPOTENCY_KEY = new RegExp(`^[\\x20-\\x7e]{1,${IDEMPOTENCY_KEY_MAX_LENGTH}}$`);
+
+// Loose: Fastify replaces request.headers with the parsed value, and every other header
+// (Authorization, Origin ...) must stay.
+const createTaskHeaders = z.looseObject({
+  'idempotency-key': z
+    .string()
+    .regex(
+      IDEMPOTENCY_KEY,
+      `Idempotency-Key must be 1–${IDEMPOTENCY_KEY_MAX_LENGTH} printable ASCII characters`,
+    )
+    .optional()
+    .meta({
+      description:
+        `Optional. Retrying with the same key and the same body within ${IDEMPOTENCY_TTL_HOURS} h ` +
+        'returns the first response (same status, body and Location, header ' +
+        '`Idempotent-Replayed: true`) instead of creating another task; the same key with a ' +
+        'different body is 422. Keys are per user.',
+      example: '3f1b8c2e-6d7a-4b7e-9a55-0c1d2e3f4a5b',
+    }),
+});
+
+/** What "the same body" means for a replay: the validated input (trimmed, unknown fields dropped). */
+function requestHash(input: NewTask): string {
+  return createHash('sha256')
+    .update(JSON.stringify([input.title, input.description ?? null]))
+    .digest('hex');
+}
+
 const errors = {
   401: errorResponse.describe('Missing or invalid bearer token'),
   403: errorResponse.describe("Path user_id is not the token's subject"),
@@ -79,9 +116,17 @@ const SHAPES = [
   },
 ] as const;
 
-export default async function tasksRoutes(fastify: FastifyInstance) {
+export interface TasksRoutesOptions {
+  /** Only tests pass anything here (see TasksRepositoryOptions). */
+  repository?: TasksRepositoryOptions;
+}
+
+export default async function tasksRoutes(
+  fastify: FastifyInstance,
+  options: TasksRoutesOptions = {},
+) {
   const app = fastify.withTypeProvider<ZodTypeProvider>();
-  const tasks = createTasksRepository(app.db);
+  const tasks = createTasksRepository(app.db, options.repository);
 
   app.addHook('onRequest', async (request, reply) => {
     await app.authenticate(request);
@@ -128,15 +173,49 @@ export default async function tasksRoutes(fastify: FastifyInstance) {
           tags,
           security,
           params: shape.collectionParams,
+          headers: createTaskHeaders,
           body: createTaskBody,
-          response: { 201: taskResponse, ...errors, ...bodyErrors },
+          response: {
+            201: taskResponse.describe('Created (or, with an Idempotency-Key, replayed)'),
+            ...errors,
+            ...bodyErrors,
+          },
         },
       },
       async (request, reply) => {
         const user = currentUser(request);
-        const row = await tasks.create(user.id, request.body);
-        reply.code(201).header('location', shape.location(user.id, row.id));
-        return toTaskJson(row);
+        const key = request.headers['idempotency-key'];
+        if (key === undefined) {
+          const row = await tasks.create(user.id, request.body);
+          reply.code(201).header('location', shape.location(user.id, row.id));
+          return toTaskJson(row);
+        }
+
+        const respond = (row: TaskRow): StoredResponse => ({
+          status: 201,
+          body: toTaskJson(row),
+          location: shape.location(user.id, row.id),
+        });
+        const result = await tasks.createIdempotent(
+          user.id,
+          request.body,
+          { key, requestHash: requestHash(request.body) },
+          respond,
+        );
+        if (result.outcome === 'key-reused-with-other-body') {
+          throw new ValidationError([
+            {
+              loc: ['header', 'idempotency-key'],
+              msg: 'This Idempotency-Key was already used with a different request body',
+              type: 'idempotency_key_reused',
+            },
+          ]);
+        }
+        const { response } = result;
+        reply.code(response.status);
+        if (response.location !== null) reply.header('location', response.location);
+        if (result.outcome === 'replayed') reply.header('idempotent-replayed', 'true');
+        return taskResponse.parse(response.body);
       },
     );
 
