@@ -2,11 +2,7 @@
  * The real process over real HTTP: `node --import tsx src/server.ts` on a free port, on a
  * fresh database (PostgreSQL when DATABASE_URL is set, else PGlite in memory).
  */
-import { type ChildProcess, spawn } from 'node:child_process';
-import { once } from 'node:events';
 import http from 'node:http';
-import { createServer } from 'node:net';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   createPostgresDatabase,
@@ -15,83 +11,19 @@ import {
   TEST_SECRET,
   type TestUser,
 } from '../helpers.js';
+import { type ServerProcess, sleep, startServer } from '../process.js';
 
-const REPO_ROOT = fileURLToPath(new URL('../..', import.meta.url));
-const STARTUP_LIMIT_MS = 60_000;
 const EXIT_LIMIT_MS = 10_000;
 
-interface ExitResult {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-}
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const address = server.address();
-  server.close();
-  await once(server, 'close');
-  if (address === null || typeof address === 'string') throw new Error('no port assigned');
-  return address.port;
-}
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-let child: ChildProcess;
-let exited: Promise<ExitResult>;
-let childExit: ExitResult | undefined;
-let stdout = '';
-let stderr = '';
+let server: ServerProcess;
 let baseUrl = '';
 let dropDatabase: (() => Promise<void>) | undefined;
 
-/** The complete JSON lines the process wrote on stdout so far. */
-function logLines(): Record<string, unknown>[] {
-  const complete = stdout.slice(0, stdout.lastIndexOf('\n') + 1);
-  return complete
-    .split('\n')
-    .filter((line) => line.trim() !== '')
-    .map((line) => {
-      try {
-        return JSON.parse(line) as Record<string, unknown>;
-      } catch {
-        return { unparsed: line };
-      }
-    });
-}
-
-/** Waits (up to a generous limit) for a log line matching `predicate`; onResponse logs after the reply. */
-async function waitForLogLine(
-  predicate: (line: Record<string, unknown>) => boolean,
-): Promise<Record<string, unknown>> {
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    const found = logLines().find(predicate);
-    if (found) return found;
-    if (Date.now() > deadline) throw new Error(`no such log line in:\n${stdout}`);
-    await sleep(50);
-  }
-}
-
-async function waitUntilHealthy() {
-  const deadline = Date.now() + STARTUP_LIMIT_MS;
-  for (;;) {
-    if (childExit) throw new Error(`server exited early (${childExit.code}): ${stderr}${stdout}`);
-    try {
-      const response = await fetch(`${baseUrl}/health`);
-      if (response.ok) return;
-    } catch {
-      // not listening yet
-    }
-    if (Date.now() > deadline) throw new Error(`server not healthy in time: ${stderr}${stdout}`);
-    await sleep(250);
-  }
-}
+const logLines = () => server.logLines();
+const waitForLogLine = (predicate: (line: Record<string, unknown>) => boolean) =>
+  server.waitForLogLine(predicate);
 
 beforeAll(async () => {
-  const port = await freePort();
-  baseUrl = `http://127.0.0.1:${port}`;
   const databaseEnv: Record<string, string> = { PGLITE_DIR: 'memory://' };
   const adminUrl = process.env.DATABASE_URL;
   if (adminUrl) {
@@ -99,39 +31,12 @@ beforeAll(async () => {
     dropDatabase = database.drop;
     databaseEnv.DATABASE_URL = database.url;
   }
-  child = spawn(process.execPath, ['--import', 'tsx', 'src/server.ts'], {
-    cwd: REPO_ROOT,
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: {
-      PATH: process.env.PATH ?? '',
-      HOME: process.env.HOME ?? '',
-      BETTER_AUTH_SECRET: TEST_SECRET,
-      LOG_LEVEL: 'info',
-      PORT: String(port),
-      HOST: '127.0.0.1',
-      ...databaseEnv,
-    },
-  });
-  child.stdout?.setEncoding('utf8').on('data', (chunk: string) => {
-    stdout += chunk;
-  });
-  child.stderr?.setEncoding('utf8').on('data', (chunk: string) => {
-    stderr += chunk;
-  });
-  exited = new Promise((resolve) => {
-    child.once('exit', (code, signal) => {
-      childExit = { code, signal };
-      resolve(childExit);
-    });
-  });
-  await waitUntilHealthy();
+  server = await startServer({ env: databaseEnv });
+  baseUrl = server.baseUrl;
 }, 90_000);
 
 afterAll(async () => {
-  if (child && !childExit) {
-    child.kill('SIGKILL');
-    await exited;
-  }
+  await server?.kill();
   await dropDatabase?.();
 }, 60_000);
 
@@ -276,9 +181,10 @@ describe('the running server, its logs', () => {
     await waitForLogLine((entry) => entry.reqId === requestId && entry.status === 401);
 
     const signature = user.token.split('.')[2] ?? user.token;
-    expect(stdout + stderr).not.toContain(signature);
-    expect(stdout + stderr).not.toContain(user.token);
-    expect(stdout + stderr).not.toContain(TEST_SECRET);
+    const output = server.stdout() + server.stderr();
+    expect(output).not.toContain(signature);
+    expect(output).not.toContain(user.token);
+    expect(output).not.toContain(TEST_SECRET);
   }, 60_000);
 });
 
@@ -329,7 +235,7 @@ describe('the running server, shutdown', () => {
       user,
       JSON.stringify({ title: 'In flight at SIGTERM' }),
       async () => {
-        child.kill('SIGTERM');
+        server.child.kill('SIGTERM');
         // The body goes out only once the server has started shutting down.
         await waitForLogLine((entry) => entry.signal === 'SIGTERM');
       },
@@ -341,7 +247,7 @@ describe('the running server, shutdown', () => {
     });
 
     const result = await Promise.race([
-      exited,
+      server.exited,
       sleep(EXIT_LIMIT_MS).then(() => 'still running' as const),
     ]);
     expect(result).toEqual({ code: 0, signal: null });
