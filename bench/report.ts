@@ -1,0 +1,216 @@
+import type { LoadResult } from './load.js';
+
+export type Target = 'service' | 'reference';
+
+export interface ScenarioRecord extends LoadResult {
+  id: string;
+  label: string;
+  target: Target;
+}
+
+export interface SoakRecord {
+  durationSeconds: number;
+  /** RSS of the service every 10 s. */
+  samples: { seconds: number; rssMb: number }[];
+  firstMb: number | null;
+  lastMb: number | null;
+  growthPercent: number | null;
+}
+
+export interface Ratio {
+  name: string;
+  /** service / reference throughput per alternation, then over all of them. */
+  pairs: number[];
+  overall: number | null;
+}
+
+export interface TargetCheck {
+  target: string;
+  figure: string;
+  met: boolean | null;
+}
+
+const mean = (values: number[]) =>
+  values.length === 0 ? Number.NaN : values.reduce((sum, value) => sum + value, 0) / values.length;
+
+const fixed = (value: number | null | undefined, digits: number) =>
+  value === null || value === undefined || Number.isNaN(value) ? 'n/a' : value.toFixed(digits);
+
+export function throughputRatio(records: ScenarioRecord[], id: string, name: string): Ratio {
+  const service = records.filter((record) => record.id === id && record.target === 'service');
+  const reference = records.filter((record) => record.id === id && record.target === 'reference');
+  const pairs = service.flatMap((record, i) => {
+    const other = reference[i];
+    return other ? [record.requestsPerSecond / other.requestsPerSecond] : [];
+  });
+  const overall =
+    reference.length === 0
+      ? null
+      : mean(service.map((record) => record.requestsPerSecond)) /
+        mean(reference.map((record) => record.requestsPerSecond));
+  return { name, pairs, overall };
+}
+
+export function formatTable(records: ScenarioRecord[]): string {
+  const header = [
+    'scenario',
+    'server',
+    'conns',
+    'offered',
+    'req/s',
+    'p50 ms',
+    'p95 ms',
+    'p99 ms',
+    'errors',
+    'timeouts',
+    'RSS MB',
+  ];
+  const rows = records.map((record) => [
+    record.label,
+    record.target,
+    String(record.connections),
+    record.offeredRate === null ? 'max' : `${record.offeredRate}/s`,
+    fixed(record.requestsPerSecond, 0),
+    fixed(record.latencyMs.p50, 1),
+    fixed(record.latencyMs.p95, 1),
+    fixed(record.latencyMs.p99, 1),
+    String(record.errors),
+    String(record.timeouts),
+    fixed(record.rssMaxMb, 0),
+  ]);
+  const widths = header.map((title, column) =>
+    Math.max(title.length, ...rows.map((row) => (row[column] ?? '').length)),
+  );
+  const line = (cells: string[]) =>
+    `| ${cells
+      .map((cell, column) =>
+        column < 2 ? cell.padEnd(widths[column] ?? 0) : cell.padStart(widths[column] ?? 0),
+      )
+      .join(' | ')} |`;
+  const rule = `|${widths.map((width, column) => (column < 2 ? `:${'-'.repeat(width + 1)}` : `${'-'.repeat(width + 1)}:`)).join('|')}|`;
+  return [line(header), rule, ...rows.map(line)].join('\n');
+}
+
+export function formatRatio(ratio: Ratio): string {
+  if (ratio.overall === null) return `${ratio.name}: n/a (no reference in this run)`;
+  const pairs = ratio.pairs.map((value) => value.toFixed(2)).join(', ');
+  return `${ratio.name}: ${ratio.overall.toFixed(2)} (alternations: ${pairs})`;
+}
+
+export interface TargetInputs {
+  records: ScenarioRecord[];
+  ratios: Ratio[];
+  pageRatio: number | null;
+  soak: SoakRecord | null;
+  databaseKind: 'postgres' | 'pglite';
+}
+
+/** The targets of issue 6, with this run's figure for each (null: not measured here). */
+export function checkTargets(inputs: TargetInputs): TargetCheck[] {
+  const { records } = inputs;
+  const find = (id: string) =>
+    records.find((record) => record.id === id && record.target === 'service');
+  const checks: TargetCheck[] = [];
+
+  for (const ratio of inputs.ratios) {
+    checks.push({
+      target: `${ratio.name} >= 0.70`,
+      figure: fixed(ratio.overall, 2),
+      met: ratio.overall === null ? null : ratio.overall >= 0.7,
+    });
+  }
+
+  const open = find('open');
+  checks.push({
+    target: 'open loop 1000 conns: p95 < 100 ms, p99 < 250 ms, 0 errors',
+    figure: open
+      ? `p95 ${fixed(open.latencyMs.p95, 1)} ms, p99 ${fixed(open.latencyMs.p99, 1)} ms, ${open.errors} errors, ${fixed(open.requestsPerSecond, 0)} of ${open.offeredRate} req/s served`
+      : 'not run',
+    met: open ? open.latencyMs.p95 < 100 && open.latencyMs.p99 < 250 && open.errors === 0 : null,
+  });
+
+  const closed = find('closed');
+  checks.push({
+    target: 'closed loop 1000 conns: 0 errors, 0 timeouts',
+    figure: closed ? `${closed.errors} errors, ${closed.timeouts} timeouts` : 'not run',
+    met: closed ? closed.errors === 0 && closed.timeouts === 0 : null,
+  });
+
+  checks.push({
+    target: 'row-level security <= 15 % of list throughput',
+    figure: 'not measured by npm run bench (needs a build with RLS off; see bench/rls-overhead.ts)',
+    met: null,
+  });
+
+  if (inputs.databaseKind === 'pglite') {
+    const list = records.filter((record) => record.id === 'list20' && record.target === 'service');
+    const best = Math.max(...list.map((record) => record.requestsPerSecond));
+    checks.push({
+      target: 'PGlite: >= 1000 list req/s',
+      figure: list.length > 0 ? `${best.toFixed(0)} req/s` : 'not run',
+      met: list.length > 0 ? best >= 1000 : null,
+    });
+  }
+
+  checks.push({
+    target: 'page of 50: 100 000-task user within 1.5 x the 20-task user (p50)',
+    figure: inputs.pageRatio === null ? 'not run' : `x${inputs.pageRatio.toFixed(2)}`,
+    met: inputs.pageRatio === null ? null : inputs.pageRatio <= 1.5,
+  });
+
+  const rss = records
+    .filter((record) => record.target === 'service' && record.rssMaxMb !== null)
+    .map((record) => record.rssMaxMb ?? 0);
+  const rssMax = rss.length > 0 ? Math.max(...rss) : null;
+  checks.push({
+    target: 'service RSS < 200 MB under load',
+    figure: rssMax === null ? 'n/a' : `max ${rssMax.toFixed(0)} MB`,
+    met: rssMax === null ? null : rssMax < 200,
+  });
+
+  checks.push({
+    target: 'soak: RSS growth < 10 %',
+    figure:
+      inputs.soak === null
+        ? 'not run (--soak)'
+        : `${fixed(inputs.soak.firstMb, 0)} -> ${fixed(inputs.soak.lastMb, 0)} MB (${fixed(inputs.soak.growthPercent, 1)} %) over ${inputs.soak.durationSeconds} s`,
+    met:
+      inputs.soak === null || inputs.soak.growthPercent === null
+        ? null
+        : inputs.soak.growthPercent < 10,
+  });
+  return checks;
+}
+
+export function formatTargets(checks: TargetCheck[]): string {
+  return checks
+    .map((check) => {
+      const verdict = check.met === null ? ' -- ' : check.met ? ' met' : 'MISS';
+      return `[${verdict}] ${check.target}: ${check.figure}`;
+    })
+    .join('\n');
+}
+
+/**
+ * Growth from the median of the first samples to the median of the last ones (three each,
+ * fewer in a short soak so that the two windows never overlap).
+ */
+export function soakRecord(
+  durationSeconds: number,
+  samples: { seconds: number; rssMb: number }[],
+): SoakRecord {
+  const median = (values: number[]) => {
+    const sorted = [...values].sort((a, b) => a - b);
+    return sorted.length === 0 ? null : (sorted[Math.floor(sorted.length / 2)] ?? null);
+  };
+  const window = Math.max(1, Math.min(3, Math.floor(samples.length / 2)));
+  const first = median(samples.slice(0, window).map((sample) => sample.rssMb));
+  const last = median(samples.slice(-window).map((sample) => sample.rssMb));
+  return {
+    durationSeconds,
+    samples,
+    firstMb: first,
+    lastMb: last,
+    growthPercent: first === null || last === null ? null : ((last - first) / first) * 100,
+  };
+}

@@ -1,0 +1,115 @@
+/**
+ * What the second wall costs: 2 000 list queries for one user through the tasks repository
+ * (a transaction as `todo_app` with app.user_id set, then the query) against the same query
+ * sent bare on the pool as the connection user.
+ *
+ *   DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres npx tsx bench/rls-overhead.ts
+ *
+ * It creates a scratch database on that server, migrates it, and drops it at the end.
+ * Rounds alternate between the variants so that a noisy machine hurts them alike.
+ */
+import { randomUUID } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
+import { desc, eq, sql } from 'drizzle-orm';
+import pg from 'pg';
+import { createDatabase } from '../src/db/client.js';
+import { task, user } from '../src/db/schema.js';
+import { createTasksRepository } from '../src/tasks/tasks.repository.js';
+import { LIST_CAP } from '../src/tasks/tasks.schemas.js';
+
+const QUERIES = 2_000;
+const ROUNDS = 5;
+const TASKS = 20;
+
+const adminUrl = process.env.DATABASE_URL;
+if (!adminUrl) {
+  process.stderr.write(
+    'Set DATABASE_URL to a PostgreSQL server this script may create a database on.\n',
+  );
+  process.exit(1);
+}
+
+const name = `todo_bench_${randomUUID().replaceAll('-', '').slice(0, 12)}`;
+const databaseUrl = new URL(adminUrl);
+databaseUrl.pathname = `/${name}`;
+
+async function admin(statement: string) {
+  const client = new pg.Client({ connectionString: adminUrl });
+  await client.connect();
+  try {
+    await client.query(statement);
+  } finally {
+    await client.end();
+  }
+}
+
+await admin(`create database "${name}"`);
+const handle = createDatabase(
+  { kind: 'postgres', url: databaseUrl.toString(), poolMax: 1 },
+  () => undefined,
+);
+try {
+  await handle.migrate();
+  const { db } = handle;
+  const userId = `bench_${randomUUID()}`;
+  await db.insert(user).values({ id: userId, name: 'bench' });
+  await db
+    .insert(task)
+    .values(Array.from({ length: TASKS }, (_, i) => ({ userId, title: `Task ${i}` })));
+
+  const repository = createTasksRepository(db);
+  const query = { status: 'all', sort: 'created', offset: 0 } as const;
+  const variants: Record<string, () => Promise<unknown>> = {
+    // Today's path: BEGIN; set_config(role, app.user_id); SELECT; COMMIT.
+    'withUser (RLS)': () => repository.list(userId, query),
+    // The same SELECT alone, as the (superuser) connection user: no transaction, no RLS.
+    'bare query': () =>
+      db
+        .select()
+        .from(task)
+        .where(eq(task.userId, userId))
+        .orderBy(desc(task.createdAt), desc(task.id))
+        .limit(LIST_CAP)
+        .offset(0),
+    // A transaction with app.user_id but no role switch: isolates the policy's own cost.
+    'transaction only': () =>
+      db.transaction(async (tx) => {
+        await tx.execute(sql`select set_config('app.user_id', ${userId}, true)`);
+        return tx
+          .select()
+          .from(task)
+          .where(eq(task.userId, userId))
+          .orderBy(desc(task.createdAt), desc(task.id))
+          .limit(LIST_CAP)
+          .offset(0);
+      }),
+  };
+
+  const timings = new Map<string, number[]>(Object.keys(variants).map((key) => [key, []]));
+  for (const run of Object.values(variants)) for (let i = 0; i < 200; i++) await run(); // warm-up
+  for (let round = 0; round < ROUNDS; round++) {
+    for (const [label, run] of Object.entries(variants)) {
+      const started = performance.now();
+      for (let i = 0; i < QUERIES; i++) await run();
+      timings.get(label)?.push(performance.now() - started);
+    }
+  }
+
+  const median = (values: number[]) => {
+    const sorted = [...values].sort((a, b) => a - b);
+    return sorted[Math.floor(sorted.length / 2)] ?? Number.NaN;
+  };
+  const bare = median(timings.get('bare query') ?? []);
+  process.stdout.write(
+    `${QUERIES} list queries (${TASKS} tasks each), one connection, median of ${ROUNDS} rounds\n`,
+  );
+  for (const [label, values] of timings) {
+    const total = median(values);
+    process.stdout.write(
+      `${label.padEnd(18)} ${total.toFixed(0).padStart(6)} ms  ${((total / QUERIES) * 1000).toFixed(0).padStart(5)} µs/query  ×${(total / bare).toFixed(2)}\n`,
+    );
+  }
+} finally {
+  await handle.close();
+  await admin(`drop database if exists "${name}" with (force)`);
+}

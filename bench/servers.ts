@@ -1,0 +1,180 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const READY_TIMEOUT_MS = 180_000;
+const STOP_TIMEOUT_MS = 15_000;
+
+/** A free TCP port on the loopback interface. */
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      const port = typeof address === 'object' && address !== null ? address.port : 0;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** Resident memory of a process in MiB, from /proc (Linux); undefined once it has exited. */
+export function rssMb(pid: number): number | undefined {
+  try {
+    const match = /^VmRSS:\s+(\d+)\s+kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return match?.[1] ? Number(match[1]) / 1024 : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export interface RunningServer {
+  name: string;
+  pid: number;
+  baseUrl: string;
+  stop(): Promise<void>;
+}
+
+interface StartOptions {
+  name: string;
+  args: string[];
+  env: Record<string, string>;
+  port: number;
+  /** Where the process's stdout goes (its log lines); a file path or /dev/null. */
+  stdoutPath: string;
+  /** Probed until it answers 200. */
+  readyPath: string;
+}
+
+async function waitUntilReady(
+  child: ChildProcess,
+  url: string,
+  stderr: () => string,
+): Promise<void> {
+  const deadline = Date.now() + READY_TIMEOUT_MS;
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null || child.signalCode !== null) {
+      throw new Error(`exited (${child.exitCode ?? child.signalCode}) before ready:\n${stderr()}`);
+    }
+    try {
+      const response = await fetch(url, { signal: AbortSignal.timeout(2_000) });
+      if (response.status === 200) return;
+    } catch {
+      // not listening yet
+    }
+    await sleep(250);
+  }
+  throw new Error(`not ready after ${READY_TIMEOUT_MS / 1000} s:\n${stderr()}`);
+}
+
+async function startProcess(options: StartOptions): Promise<RunningServer> {
+  // Its own working directory: no .env of the developer's is read, no files left behind.
+  const cwd = mkdtempSync(join(tmpdir(), `todo-bench-${options.name}-`));
+  const stdout = openSync(options.stdoutPath, 'a');
+  const child = spawn(process.execPath, options.args, {
+    cwd,
+    env: {
+      PATH: process.env.PATH ?? '/usr/bin:/bin',
+      HOME: process.env.HOME ?? cwd,
+      ...options.env,
+    },
+    stdio: ['ignore', stdout, 'pipe'],
+  });
+  closeSync(stdout);
+  let stderr = '';
+  child.stderr?.setEncoding('utf8');
+  child.stderr?.on('data', (chunk: string) => {
+    stderr = (stderr + chunk).slice(-20_000);
+  });
+  const pid = child.pid;
+  if (pid === undefined) throw new Error(`${options.name}: could not start`);
+
+  const exited = new Promise<void>((resolve) => {
+    if (child.exitCode !== null) resolve();
+    else child.once('exit', () => resolve());
+  });
+  const stop = async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), STOP_TIMEOUT_MS);
+      await exited;
+      clearTimeout(timer);
+    }
+    rmSync(cwd, { recursive: true, force: true });
+  };
+
+  const baseUrl = `http://127.0.0.1:${options.port}`;
+  try {
+    await waitUntilReady(child, `${baseUrl}${options.readyPath}`, () => stderr);
+  } catch (error) {
+    await stop();
+    throw new Error(`${options.name}: ${error instanceof Error ? error.message : String(error)}`);
+  }
+  return { name: options.name, pid, baseUrl, stop };
+}
+
+export interface ServiceOptions {
+  databaseUrl: string | undefined;
+  pgliteDir: string | undefined;
+  secret: string;
+  port: number;
+  logPath: string;
+  poolMax: number | undefined;
+}
+
+/**
+ * The production build as users run it: `node dist/server.js`, NODE_ENV=production, logging
+ * at info, metrics and row-level security on; rate limits raised out of the way (the limiter
+ * still runs on every request) since the load comes from one IP and few users.
+ */
+export function startService(options: ServiceOptions): Promise<RunningServer> {
+  const env: Record<string, string> = {
+    NODE_ENV: 'production',
+    BETTER_AUTH_SECRET: options.secret,
+    BETTER_AUTH_URL: `http://127.0.0.1:${options.port}`,
+    HOST: '127.0.0.1',
+    PORT: String(options.port),
+    LOG_LEVEL: 'info',
+    RATE_LIMIT_USER_PER_MINUTE: '1000000',
+    RATE_LIMIT_IP_PER_MINUTE: '1000000',
+    RATE_LIMIT_AUTH_PER_MINUTE: '1000000',
+  };
+  if (options.databaseUrl) env.DATABASE_URL = options.databaseUrl;
+  if (options.pgliteDir) env.PGLITE_DIR = options.pgliteDir;
+  if (options.poolMax !== undefined) env.DATABASE_POOL_MAX = String(options.poolMax);
+  return startProcess({
+    name: 'service',
+    args: [join(ROOT, 'dist', 'server.js')],
+    env,
+    port: options.port,
+    stdoutPath: options.logPath,
+    readyPath: '/ready',
+  });
+}
+
+export function startReference(options: {
+  databaseUrl: string;
+  secret: string;
+  port: number;
+  poolMax: number;
+}): Promise<RunningServer> {
+  return startProcess({
+    name: 'reference',
+    // Resolved here: the child runs in a scratch directory, where a bare 'tsx' is not found.
+    args: ['--import', import.meta.resolve('tsx'), join(ROOT, 'bench', 'reference', 'server.ts')],
+    env: {
+      DATABASE_URL: options.databaseUrl,
+      JWT_SECRET: options.secret,
+      PORT: String(options.port),
+      POOL_MAX: String(options.poolMax),
+    },
+    port: options.port,
+    stdoutPath: '/dev/null',
+    readyPath: '/health',
+  });
+}
