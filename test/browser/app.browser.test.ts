@@ -304,8 +304,12 @@ describe('the web page in Chromium', { timeout: 90_000 }, () => {
 
   it('when two people sign up in separate browsers, then each sees only the tasks they added', async () => {
     const alice = await signUp('Alice');
-    await expect(alice.page.locator('#account-name').textContent()).resolves.toContain(alice.email);
-    await expect(alice.page.locator('#empty').textContent()).resolves.toContain('No tasks yet');
+    await expect
+      .poll(() => alice.page.locator('#account-name').textContent(), { timeout: 10_000 })
+      .toContain(alice.email);
+    await expect
+      .poll(() => alice.page.locator('#empty').textContent(), { timeout: 10_000 })
+      .toContain('No tasks yet');
     await addTask(alice.page, 'Buy milk', 'Two litres, semi-skimmed');
     await addTask(alice.page, 'Pay rent');
     await addTask(alice.page, 'Call the plumber');
@@ -318,7 +322,9 @@ describe('the web page in Chromium', { timeout: 90_000 }, () => {
     await expect(
       taskItem(alice.page, 'Buy milk').locator('.task-description').textContent(),
     ).resolves.toBe('Two litres, semi-skimmed');
-    await expect(alice.page.locator('#task-count').textContent()).resolves.toBe('3 tasks');
+    await expect
+      .poll(() => alice.page.locator('#task-count').textContent(), { timeout: 10_000 })
+      .toBe('3 tasks');
     await expectTitles(bob.page, ['Bob: renew passport']);
 
     // A reload keeps each person signed in (session cookie) and still shows only their own.
@@ -366,7 +372,9 @@ describe('the web page in Chromium', { timeout: 90_000 }, () => {
       .not.toContain('done');
     await showStatus(page, 'Completed');
     await expectTitles(page, []);
-    await expect(page.locator('#empty').textContent()).resolves.toBe('No completed tasks.');
+    await expect
+      .poll(() => page.locator('#empty').textContent(), { timeout: 10_000 })
+      .toBe('No completed tasks.');
     expect(carol.problems).toEqual([]);
   });
 
@@ -455,7 +463,9 @@ describe('the web page in Chromium', { timeout: 90_000 }, () => {
 
     await page.getByRole('button', { name: 'Sign out' }).click();
     await page.locator('#sign-in-form').waitFor({ state: 'visible' });
-    await expect(page.locator('#auth-notice').textContent()).resolves.toBe('You are signed out.');
+    await expect
+      .poll(() => page.locator('#auth-notice').textContent(), { timeout: 10_000 })
+      .toBe('You are signed out.');
     await expect(page.locator('#tasks-view').isHidden()).resolves.toBe(true);
     await expect(page.locator('#task-list li').count()).resolves.toBe(0);
     await screenshot(page, 'browser-signed-out.png');
