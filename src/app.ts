@@ -1,8 +1,7 @@
 import { randomUUID } from 'node:crypto';
-import { STATUS_CODES } from 'node:http';
 import cors from '@fastify/cors';
 import helmet from '@fastify/helmet';
-import Fastify, { type FastifyInstance, type FastifyReply, LogController } from 'fastify';
+import Fastify, { type FastifyInstance, LogController } from 'fastify';
 import { serializerCompiler, validatorCompiler } from 'fastify-type-provider-zod';
 import authPlugin from './auth/auth.plugin.js';
 import { createBetterAuth } from './auth/better-auth.js';
@@ -11,7 +10,7 @@ import type { Config } from './config.js';
 import { createDatabase, type DatabaseHandle } from './db/client.js';
 import databasePlugin from './db/database.plugin.js';
 import docsPlugin from './plugins/docs.js';
-import errorHandler from './plugins/error-handler.js';
+import errorHandler, { answerClientError, answerFrameworkError } from './plugins/error-handler.js';
 import healthRoutes from './plugins/health.routes.js';
 import { serializeError } from './plugins/log-serializers.js';
 import metricsPlugin from './plugins/metrics.js';
@@ -78,33 +77,9 @@ export async function buildApp(
         Math.max(100, Math.floor(config.http.requestTimeoutMs / 4)),
       ),
     },
-    // What the HTTP parser refuses (malformed requests, headers over 16 KiB) and the timeouts
-    // above, answered before any route: in the {"detail"} shape, not Fastify's default one.
-    clientErrorHandler: (error, socket) => {
-      if (error.code === 'ECONNRESET' || socket.destroyed) return;
-      const [status, detail] =
-        error.code === 'ERR_HTTP_REQUEST_TIMEOUT'
-          ? [408, 'Request Timeout: the request did not arrive in time']
-          : error.code === 'HPE_HEADER_OVERFLOW'
-            ? [431, 'Request Header Fields Too Large']
-            : [400, 'Bad Request: malformed HTTP'];
-      if (socket.writable) {
-        const body = JSON.stringify({ detail });
-        socket.write(
-          `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\nContent-Type: application/json\r\n` +
-            `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
-        );
-      }
-      socket.destroy();
-    },
-    // The router's own refusals (a malformed %-escape, a path segment over maxParamLength)
-    // in the one error shape, without echoing the URL back.
-    frameworkErrors: (error, _request, reply) => {
-      const status = error.statusCode ?? 400;
-      const detail =
-        status === 414 ? 'URI Too Long' : status < 500 ? 'Bad Request: malformed URL' : 'Error';
-      (reply as FastifyReply).code(status).send({ detail });
-    },
+    // Refusals before any route (malformed HTTP, timeouts, bad URLs) in the {"detail"} shape.
+    clientErrorHandler: answerClientError,
+    frameworkErrors: answerFrameworkError,
   });
 
   app.setValidatorCompiler(validatorCompiler);

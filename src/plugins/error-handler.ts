@@ -1,3 +1,5 @@
+import type { Socket } from 'node:net';
+import { STATUS_CODES } from 'node:http';
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
 import { hasZodFastifySchemaValidationErrors } from 'fastify-type-provider-zod';
@@ -148,3 +150,40 @@ async function errorHandlerPlugin(app: FastifyInstance) {
 }
 
 export default fp(errorHandlerPlugin, { name: 'error-handler' });
+
+/**
+ * What Node's HTTP parser refuses (malformed requests, headers over 16 KiB) and the request
+ * timeouts, answered before any route exists: in the {"detail"} shape, then closed.
+ */
+export function answerClientError(error: Error & { code?: string }, socket: Socket): void {
+  if (error.code === 'ECONNRESET' || socket.destroyed) return;
+  const [status, detail] =
+    error.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+      ? [408, 'Request Timeout: the request did not arrive in time']
+      : error.code === 'HPE_HEADER_OVERFLOW'
+        ? [431, 'Request Header Fields Too Large']
+        : [400, 'Bad Request: malformed HTTP'];
+  if (socket.writable) {
+    const body = JSON.stringify({ detail });
+    socket.write(
+      `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\nContent-Type: application/json\r\n` +
+        `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+    );
+  }
+  socket.destroy();
+}
+
+/**
+ * The router's own refusals (a malformed %-escape, a path segment over maxParamLength), in
+ * the one error shape and without echoing the URL back.
+ */
+export function answerFrameworkError(
+  error: FastifyError,
+  _request: FastifyRequest,
+  reply: FastifyReply,
+): void {
+  const status = error.statusCode ?? 400;
+  const detail =
+    status === 414 ? 'URI Too Long' : status < 500 ? 'Bad Request: malformed URL' : 'Error';
+  reply.code(status).send({ detail });
+}
