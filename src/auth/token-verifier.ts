@@ -106,14 +106,62 @@ export function createReloadingLocalKeySet(load: BuiltInKeysLoader): JWTVerifyGe
   };
 }
 
+/** Most verified tokens remembered by one verifier (see VerifiedTokenCache). */
+export const VERIFIED_TOKEN_CACHE_SIZE = 10_000;
+
+/**
+ * Tokens that verified, by their exact text, each until its `exp` (never past it; jose's
+ * 60 s leeway after `exp` is left to a fresh verification). A client sends the same token
+ * for many requests, and checking it again (HMAC or signature, claims, key import) was the
+ * largest CPU cost of a request. Only a token that verified is ever stored, so every 401 is
+ * decided as before. Bounded: the least recently used entry goes first.
+ *
+ * Only shared-secret (HS256) tokens are stored: the secret never changes while running, so
+ * a hit vouches for exactly what a new verification would. Key sets can drop a key (a
+ * rotation of the built-in keys reloads them), after which that key's tokens must be refused
+ * at once; their tokens are verified every time.
+ */
+export class VerifiedTokenCache {
+  private readonly entries = new Map<string, { identity: TokenIdentity; expiresAtMs: number }>();
+
+  constructor(private readonly maxEntries = VERIFIED_TOKEN_CACHE_SIZE) {}
+
+  get(token: string, nowMs: number): TokenIdentity | undefined {
+    const entry = this.entries.get(token);
+    if (entry === undefined) return undefined;
+    this.entries.delete(token);
+    if (nowMs >= entry.expiresAtMs) return undefined;
+    this.entries.set(token, entry); // most recently used last
+    return entry.identity;
+  }
+
+  set(token: string, identity: TokenIdentity, exp: unknown, nowMs: number): void {
+    if (this.maxEntries <= 0 || typeof exp !== 'number' || !Number.isFinite(exp)) return;
+    const expiresAtMs = exp * 1000;
+    if (nowMs >= expiresAtMs) return;
+    this.entries.delete(token);
+    this.entries.set(token, { identity: Object.freeze({ ...identity }), expiresAtMs });
+    if (this.entries.size > this.maxEntries) {
+      const oldest = this.entries.keys().next();
+      if (!oldest.done) this.entries.delete(oldest.value);
+    }
+  }
+
+  get size(): number {
+    return this.entries.size;
+  }
+}
+
 /**
  * Builds the verifier once at start-up: keys are imported here and the remote key set is
  * fetched lazily, cached, and refetched only on an unknown `kid`, never per request.
  * Asymmetric tokens whose `iss` is the built-in issuer are checked against `builtInKeys`.
+ * Verified shared-secret tokens are remembered until their `exp` (VerifiedTokenCache).
  */
 export function createTokenVerifier(
   auth: Config['auth'],
   builtInKeys?: BuiltInKeysLoader,
+  verified: VerifiedTokenCache = new VerifiedTokenCache(),
 ): TokenVerifier {
   const secretKey = new TextEncoder().encode(auth.secret);
   const ownIssuer = builtInIssuer(auth.baseUrl);
@@ -151,6 +199,8 @@ export function createTokenVerifier(
         'malformed',
       );
     }
+    const cached = verified.get(token, Date.now());
+    if (cached !== undefined) return cached;
 
     let alg: string | undefined;
     try {
@@ -181,7 +231,9 @@ export function createTokenVerifier(
     } catch (error) {
       throw describeVerificationFailure(error);
     }
-    return toIdentity(payload);
+    const identity = toIdentity(payload);
+    if (alg === 'HS256') verified.set(token, identity, payload.exp, Date.now());
+    return identity;
   };
 }
 

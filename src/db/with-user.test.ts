@@ -1,0 +1,66 @@
+import { randomUUID } from 'node:crypto';
+import { sql } from 'drizzle-orm';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { signToken, startTestApp, type TestContext } from '../../test/helpers.js';
+import { task, user } from './schema.js';
+import { APP_ROLE, withUser } from './with-user.js';
+
+let ctx: TestContext;
+beforeAll(async () => {
+  ctx = await startTestApp();
+});
+afterAll(() => ctx.close());
+
+/** A user id made of what a hand-built SQL literal would get wrong. */
+const awkwardId = () =>
+  `o'brien\\'); select set_config('app.user_id', 'x', true); --${randomUUID()}`;
+
+async function settingsIn(userId: string) {
+  return withUser(ctx.app.db, userId, async (tx) => {
+    const result = await tx.execute(
+      sql`select current_user as role, current_setting('app.user_id', true) as user_id`,
+    );
+    // Both drivers answer an object with `rows`.
+    const rows: unknown =
+      typeof result === 'object' && result !== null ? Reflect.get(result, 'rows') : undefined;
+    return Array.isArray(rows) ? (rows[0] as { role: string; user_id: string }) : undefined;
+  });
+}
+
+describe('withUser', () => {
+  it('when the user id holds quotes, backslashes and SQL, then the transaction acts for exactly that id', async () => {
+    const id = awkwardId();
+    expect(await settingsIn(id)).toEqual({ role: APP_ROLE, user_id: id });
+  });
+
+  it('when the token subject holds quotes and backslashes, then its tasks are created and listed as its own', async () => {
+    const id = awkwardId();
+    const headers = { authorization: `Bearer ${await signToken(id)}` };
+    const created = await ctx.app.inject({
+      method: 'POST',
+      url: '/api/tasks',
+      headers,
+      payload: { title: 'quoted' },
+    });
+    expect(created.statusCode).toBe(201);
+    const listed = await ctx.app.inject({ url: '/api/tasks', headers });
+    expect(listed.json()).toEqual([expect.objectContaining({ user_id: id, title: 'quoted' })]);
+    expect(listed.headers['x-total-count']).toBe('1');
+  });
+
+  it('when the work throws, then its writes are rolled back and the next transaction works', async () => {
+    const id = `user_${randomUUID()}`;
+    await ctx.app.db.insert(user).values({ id, name: '', email: null });
+    const failure = new Error('the work failed');
+    await expect(
+      withUser(ctx.app.db, id, async (tx) => {
+        await tx.insert(task).values({ userId: id, title: 'rolled back' });
+        throw failure;
+      }),
+    ).rejects.toBe(failure);
+
+    const rows = await withUser(ctx.app.db, id, (tx) => tx.select().from(task));
+    expect(rows).toEqual([]);
+    expect(await settingsIn(id)).toEqual({ role: APP_ROLE, user_id: id });
+  });
+});
