@@ -1,17 +1,35 @@
 /**
- * The real server process for end-to-end tests: `node --import tsx src/server.ts` on a free
- * port, with only the environment a test gives it, and its JSON log lines at hand.
+ * Real processes for end-to-end tests: the server (`node --import tsx src/server.ts`) on a free
+ * port until the test stops it, and one-shot scripts (a server that must fail to start, the
+ * token CLI) run to their exit.
+ *
+ * Every process runs in a fresh temporary directory (removed once it has exited), so a
+ * developer's `.env` in the repository, which the server and the CLIs read from their working
+ * directory, never reaches it; the scripts and tsx's loader are given by absolute path. Of the
+ * test runner's environment only PATH and HOME pass: a developer's DATABASE_URL, REDIS_URL,
+ * AUTH_* and the rest never do. Everything else comes from the test.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { createServer } from 'node:net';
-import { fileURLToPath } from 'node:url';
-import { TEST_SECRET } from './helpers.js';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { ADMIN_DATABASE_URL, createPostgresDatabase, TEST_SECRET } from './helpers.js';
 
 export const REPO_ROOT = fileURLToPath(new URL('..', import.meta.url));
 
-/** How long a server may take to answer /health: tsx, PGlite and migrations on a busy machine. */
+/** tsx's loader (`--import tsx`), resolved from the repository, as a file URL. */
+const TSX_LOADER = pathToFileURL(createRequire(import.meta.url).resolve('tsx')).href;
+
+/** Default for how long a server may take to answer /health: tsx, PGlite and migrations on a busy machine. */
 const STARTUP_LIMIT_MS = 60_000;
+/** A one-shot script still running after this is killed (SIGKILL). */
+const RUN_LIMIT_MS = 50_000;
+/** Default for how long `stop()` waits after SIGTERM before SIGKILL. */
+const STOP_GRACE_MS = 10_000;
 
 export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
@@ -27,9 +45,103 @@ export async function freePort(): Promise<number> {
   return address.port;
 }
 
+/** PATH and HOME of the test runner, then `env`: nothing else of the developer's shell. */
+export function isolatedEnv(env: Record<string, string> = {}): Record<string, string> {
+  return {
+    PATH: process.env.PATH ?? '',
+    HOME: process.env.HOME ?? '',
+    // The project's compiler options, which tsx would otherwise look for in the working directory.
+    TSX_TSCONFIG_PATH: join(REPO_ROOT, 'tsconfig.json'),
+    ...env,
+  };
+}
+
 export interface ExitResult {
   code: number | null;
   signal: NodeJS.Signals | null;
+}
+
+const running = new Set<ChildProcess>();
+
+/** SIGKILLs every process started here that is still running: an afterAll safety net. */
+export function killLeftovers(): void {
+  for (const child of running) child.kill('SIGKILL');
+}
+
+interface Spawned {
+  child: ChildProcess;
+  stdout(): string;
+  stderr(): string;
+  /** Resolves when the process has exited. */
+  exited: Promise<ExitResult>;
+  /** How the process exited, or undefined while it runs. */
+  exitResult(): ExitResult | undefined;
+  /** Resolves once it has exited and its output is complete. */
+  closed: Promise<void>;
+}
+
+/** `node --import tsx <REPO_ROOT>/<script> ...args` in a fresh temporary directory. */
+function spawnScript(script: string, args: string[], env: Record<string, string>): Spawned {
+  const cwd = mkdtempSync(join(tmpdir(), 'todo-e2e-'));
+  const child = spawn(
+    process.execPath,
+    ['--import', TSX_LOADER, join(REPO_ROOT, script), ...args],
+    {
+      cwd,
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: isolatedEnv(env),
+    },
+  );
+  running.add(child);
+  let stdout = '';
+  let stderr = '';
+  child.stdout?.setEncoding('utf8').on('data', (chunk: string) => {
+    stdout += chunk;
+  });
+  child.stderr?.setEncoding('utf8').on('data', (chunk: string) => {
+    stderr += chunk;
+  });
+  let exit: ExitResult | undefined;
+  const exited = new Promise<ExitResult>((resolve) => {
+    child.once('exit', (code, signal) => {
+      exit = { code, signal };
+      resolve(exit);
+    });
+  });
+  const closed = new Promise<void>((resolve) => {
+    child.once('close', () => {
+      running.delete(child);
+      rmSync(cwd, { recursive: true, force: true });
+      resolve();
+    });
+  });
+  return {
+    child,
+    stdout: () => stdout,
+    stderr: () => stderr,
+    exited,
+    exitResult: () => exit,
+    closed,
+  };
+}
+
+export interface RunResult extends ExitResult {
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs `script` with `args` and only `env` (see isolatedEnv); resolves when it has exited. */
+export async function runScript(
+  script: string,
+  args: string[],
+  env: Record<string, string>,
+): Promise<RunResult> {
+  const run = spawnScript(script, args, env);
+  const timer = setTimeout(() => run.child.kill('SIGKILL'), RUN_LIMIT_MS);
+  const { code, signal } = await run.exited;
+  await run.closed;
+  clearTimeout(timer);
+  return { code, signal, stdout: run.stdout(), stderr: run.stderr() };
 }
 
 export type LogLine = Record<string, unknown>;
@@ -51,6 +163,8 @@ export interface ServerProcess {
   waitForLogLine(predicate: (line: LogLine) => boolean, timeoutMs?: number): Promise<LogLine>;
   /** SIGKILL unless it already exited; resolves once it has. */
   kill(): Promise<void>;
+  /** SIGTERM unless it already exited, SIGKILL if it still runs after `graceMs`; resolves once it has exited. */
+  stop(graceMs?: number): Promise<void>;
 }
 
 export interface StartServerOptions {
@@ -58,45 +172,27 @@ export interface StartServerOptions {
   env?: Record<string, string>;
   /** Defaults to a free port. */
   port?: number;
+  /** How long the server may take to answer /health; 60 s unless given. */
+  startupLimitMs?: number;
 }
 
 /** Starts the server and resolves once GET /health answers 200; throws (and kills it) otherwise. */
 export async function startServer(options: StartServerOptions = {}): Promise<ServerProcess> {
   const port = options.port ?? (await freePort());
   const baseUrl = `http://127.0.0.1:${port}`;
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/server.ts'], {
-    cwd: REPO_ROOT,
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: {
-      PATH: process.env.PATH ?? '',
-      HOME: process.env.HOME ?? '',
-      BETTER_AUTH_SECRET: TEST_SECRET,
-      LOG_LEVEL: 'info',
-      PGLITE_DIR: 'memory://',
-      ...options.env,
-      PORT: String(port),
-      HOST: '127.0.0.1',
-    },
-  });
-  let stdout = '';
-  let stderr = '';
-  let exit: ExitResult | undefined;
-  child.stdout?.setEncoding('utf8').on('data', (chunk: string) => {
-    stdout += chunk;
-  });
-  child.stderr?.setEncoding('utf8').on('data', (chunk: string) => {
-    stderr += chunk;
-  });
-  const exited = new Promise<ExitResult>((resolve) => {
-    child.once('exit', (code, signal) => {
-      exit = { code, signal };
-      resolve(exit);
-    });
+  const { child, stdout, stderr, exited, exitResult } = spawnScript('src/server.ts', [], {
+    BETTER_AUTH_SECRET: TEST_SECRET,
+    LOG_LEVEL: 'info',
+    PGLITE_DIR: 'memory://',
+    ...options.env,
+    PORT: String(port),
+    HOST: '127.0.0.1',
   });
 
-  const logLines = (): LogLine[] =>
-    stdout
-      .slice(0, stdout.lastIndexOf('\n') + 1)
+  const logLines = (): LogLine[] => {
+    const output = stdout();
+    return output
+      .slice(0, output.lastIndexOf('\n') + 1)
       .split('\n')
       .filter((line) => line.trim() !== '')
       .map((line) => {
@@ -106,36 +202,45 @@ export async function startServer(options: StartServerOptions = {}): Promise<Ser
           return { unparsed: line };
         }
       });
+  };
 
   const server: ServerProcess = {
     child,
     port,
     baseUrl,
     exited,
-    exitResult: () => exit,
-    stdout: () => stdout,
-    stderr: () => stderr,
+    exitResult,
+    stdout,
+    stderr,
     logLines,
     async waitForLogLine(predicate, timeoutMs = 10_000) {
       const deadline = Date.now() + timeoutMs;
       for (;;) {
         const found = logLines().find(predicate);
         if (found) return found;
-        if (Date.now() > deadline) throw new Error(`no such log line in:\n${stdout}`);
+        if (Date.now() > deadline) throw new Error(`no such log line in:\n${stdout()}`);
         await sleep(50);
       }
     },
     async kill() {
-      if (exit === undefined) {
+      if (exitResult() === undefined) {
         child.kill('SIGKILL');
         await exited;
       }
     },
+    async stop(graceMs = STOP_GRACE_MS) {
+      if (exitResult() !== undefined) return;
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
+      await exited;
+      clearTimeout(timer);
+    },
   };
 
-  const deadline = Date.now() + STARTUP_LIMIT_MS;
+  const deadline = Date.now() + (options.startupLimitMs ?? STARTUP_LIMIT_MS);
   for (;;) {
-    if (exit) throw new Error(`server exited early (${exit.code}): ${stderr}${stdout}`);
+    const exit = exitResult();
+    if (exit) throw new Error(`server exited early (${exit.code}): ${stderr()}${stdout()}`);
     try {
       const response = await fetch(`${baseUrl}/health`, { signal: AbortSignal.timeout(5_000) });
       if (response.ok) return server;
@@ -144,8 +249,21 @@ export async function startServer(options: StartServerOptions = {}): Promise<Ser
     }
     if (Date.now() > deadline) {
       await server.kill();
-      throw new Error(`server not healthy in time: ${stderr}${stdout}`);
+      throw new Error(`server not healthy in time: ${stderr()}${stdout()}`);
     }
     await sleep(250);
   }
+}
+
+export interface ServerDatabase {
+  /** For startServer's env: DATABASE_URL of the fresh database, or nothing (PGlite in memory). */
+  env: Record<string, string>;
+  drop(): Promise<void>;
+}
+
+/** A fresh database for one server: a new PostgreSQL database when DATABASE_URL is set, else PGlite in memory. */
+export async function serverDatabase(): Promise<ServerDatabase> {
+  if (!ADMIN_DATABASE_URL) return { env: {}, drop: async () => undefined };
+  const database = await createPostgresDatabase(ADMIN_DATABASE_URL);
+  return { env: { DATABASE_URL: database.url }, drop: database.drop };
 }

@@ -7,16 +7,19 @@
  * Chromium is never downloaded: it must be at /usr/bin/chromium (or CHROMIUM_PATH); without
  * it every test here fails with a message saying so.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { once } from 'node:events';
 import { existsSync, mkdirSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { type Browser, type BrowserContext, chromium, type Page } from 'playwright-core';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { ADMIN_DATABASE_URL, createPostgresDatabase, TEST_SECRET } from '../helpers.js';
+import {
+  freePort,
+  REPO_ROOT,
+  type ServerDatabase,
+  type ServerProcess,
+  serverDatabase,
+  startServer,
+} from '../process.js';
 
 const CHROMIUM_PATH = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 const CHROMIUM_ARGS = [
@@ -28,110 +31,31 @@ const CHROMIUM_ARGS = [
   '--disable-sync',
   '--no-first-run',
 ];
-const REPO_ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const SCREENSHOT_DIR = join(REPO_ROOT, 'test-results');
-const STARTUP_LIMIT_MS = 60_000;
 const PASSWORD = 'correct-horse-battery-staple';
 const PHONE = { width: 390, height: 844 };
 
-let server: ChildProcess | undefined;
-let serverExit: Promise<unknown> | undefined;
-let serverOutput = '';
+let server: ServerProcess | undefined;
 let origin = '';
 let browser: Browser | undefined;
-let dropDatabase: (() => Promise<void>) | undefined;
+let database: ServerDatabase | undefined;
 const openContexts: BrowserContext[] = [];
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-async function freePort(): Promise<number> {
-  const probe = createServer();
-  probe.listen(0, '127.0.0.1');
-  await once(probe, 'listening');
-  const address = probe.address();
-  probe.close();
-  await once(probe, 'close');
-  if (address === null || typeof address === 'string') throw new Error('no port assigned');
-  return address.port;
-}
-
-/** Variables of the developer's shell that would point the server somewhere else. */
-const INHERITED_BUT_IGNORED = new Set([
-  'DATABASE_URL',
-  'AUTH_JWKS_URL',
-  'AUTH_ISSUER',
-  'AUTH_AUDIENCE',
-  'REDIS_URL',
-]);
-
-function serverEnv(port: number, databaseUrl: string | undefined): NodeJS.ProcessEnv {
-  const inherited = Object.fromEntries(
-    Object.entries(process.env).filter(([name]) => !INHERITED_BUT_IGNORED.has(name)),
-  );
-  return {
-    ...inherited,
-    NODE_ENV: 'test',
-    HOST: '127.0.0.1',
-    PORT: String(port),
-    BETTER_AUTH_SECRET: TEST_SECRET,
-    BETTER_AUTH_URL: `http://127.0.0.1:${port}`,
-    CORS_ORIGINS: `http://127.0.0.1:${port},http://localhost:${port}`,
-    PGLITE_DIR: 'memory://',
-    LOG_LEVEL: 'warn',
-    // Every test signs people up from one IP: more than the default 20 a minute allows.
-    RATE_LIMIT_AUTH_PER_MINUTE: '200',
-    ...(databaseUrl !== undefined ? { DATABASE_URL: databaseUrl } : {}),
-  };
-}
-
-async function startServer(databaseUrl: string | undefined) {
+async function startAppServer(databaseEnv: Record<string, string>) {
   const port = await freePort();
   origin = `http://127.0.0.1:${port}`;
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/server.ts'], {
-    cwd: REPO_ROOT,
-    env: serverEnv(port, databaseUrl),
-    stdio: ['ignore', 'pipe', 'pipe'],
+  server = await startServer({
+    port,
+    env: {
+      NODE_ENV: 'test',
+      BETTER_AUTH_URL: origin,
+      CORS_ORIGINS: `${origin},http://localhost:${port}`,
+      LOG_LEVEL: 'warn',
+      // Every test signs people up from one IP: more than the default 20 a minute allows.
+      RATE_LIMIT_AUTH_PER_MINUTE: '200',
+      ...databaseEnv,
+    },
   });
-  server = child;
-  let exitCode: number | null | undefined;
-  serverExit = once(child, 'exit').then(([code]) => {
-    exitCode = code as number | null;
-  });
-  const keep = (chunk: Buffer) => {
-    serverOutput = (serverOutput + chunk.toString('utf8')).slice(-20_000);
-  };
-  child.stdout?.on('data', keep);
-  child.stderr?.on('data', keep);
-
-  const deadline = Date.now() + STARTUP_LIMIT_MS;
-  for (;;) {
-    if (exitCode !== undefined) {
-      throw new Error(`the server exited during start-up (code ${exitCode}):\n${serverOutput}`);
-    }
-    try {
-      const response = await fetch(`${origin}/health`);
-      if (response.ok) return;
-    } catch {
-      // not listening yet
-    }
-    if (Date.now() > deadline) {
-      throw new Error(`the server did not answer /health within 60 s:\n${serverOutput}`);
-    }
-    await sleep(200);
-  }
-}
-
-async function stopServer() {
-  if (server === undefined || server.exitCode !== null || server.signalCode !== null) return;
-  server.kill('SIGTERM');
-  const exited = await Promise.race([
-    serverExit?.then(() => true),
-    sleep(10_000).then(() => false),
-  ]);
-  if (!exited) {
-    server.kill('SIGKILL');
-    await serverExit;
-  }
 }
 
 /**
@@ -151,13 +75,8 @@ beforeAll(async () => {
       );
     }
     mkdirSync(SCREENSHOT_DIR, { recursive: true });
-    let databaseUrl: string | undefined;
-    if (ADMIN_DATABASE_URL) {
-      const database = await createPostgresDatabase(ADMIN_DATABASE_URL);
-      dropDatabase = database.drop;
-      databaseUrl = database.url;
-    }
-    await startServer(databaseUrl);
+    database = await serverDatabase();
+    await startAppServer(database.env);
     browser = await chromium.launch({ executablePath: CHROMIUM_PATH, args: CHROMIUM_ARGS });
   } catch (error) {
     setupError = error instanceof Error ? error : new Error(String(error));
@@ -175,8 +94,8 @@ afterEach(async () => {
 afterAll(async () => {
   await Promise.all(openContexts.splice(0).map((context) => context.close()));
   await browser?.close();
-  await stopServer();
-  await dropDatabase?.();
+  await server?.stop();
+  await database?.drop();
 });
 
 // ---------------------------------------------------------------------------------------------
@@ -416,7 +335,9 @@ describe('the web page in Chromium', { timeout: 90_000 }, () => {
 
     await title.fill('   ');
     await page.getByRole('button', { name: 'Add task' }).click();
-    await expect.poll(() => titleError.textContent()).toContain('Title must not be empty');
+    await expect
+      .poll(() => titleError.textContent(), { timeout: 10_000 })
+      .toContain('Title must not be empty');
     await expect(title.getAttribute('aria-invalid')).resolves.toBe('true');
     await expect(title.getAttribute('aria-describedby')).resolves.toBe('new-title-error');
 
@@ -424,7 +345,9 @@ describe('the web page in Chromium', { timeout: 90_000 }, () => {
     await page.evaluate("document.getElementById('new-title').removeAttribute('maxlength')");
     await title.fill('x'.repeat(201));
     await page.getByRole('button', { name: 'Add task' }).click();
-    await expect.poll(() => titleError.textContent()).toContain('at most 200 characters');
+    await expect
+      .poll(() => titleError.textContent(), { timeout: 10_000 })
+      .toContain('at most 200 characters');
     await screenshot(page, 'browser-validation-error.png');
     await expectTitles(page, []);
 
@@ -436,7 +359,7 @@ describe('the web page in Chromium', { timeout: 90_000 }, () => {
     await editForm.getByLabel('Title').fill(' ');
     await editForm.getByRole('button', { name: 'Save' }).click();
     await expect
-      .poll(() => editForm.locator('.field-error').first().textContent())
+      .poll(() => editForm.locator('.field-error').first().textContent(), { timeout: 10_000 })
       .toContain('Title must not be empty');
     await editForm.getByRole('button', { name: 'Cancel' }).click();
     await expectTitles(page, ['A fine title']);
@@ -476,7 +399,7 @@ describe('the web page in Chromium', { timeout: 90_000 }, () => {
 
     await signIn(page, frank.email, 'not-the-password');
     await expect
-      .poll(() => page.locator('#sign-in-error').textContent())
+      .poll(() => page.locator('#sign-in-error').textContent(), { timeout: 10_000 })
       .toBe('Invalid email or password');
     await expect(page.locator('#tasks-view').isHidden()).resolves.toBe(true);
 
@@ -497,7 +420,7 @@ describe('the web page in Chromium', { timeout: 90_000 }, () => {
     await form.getByLabel('Password').fill(PASSWORD);
     await form.getByRole('button', { name: 'Create account' }).click();
     await expect
-      .poll(() => page.locator('#sign-up-error').textContent())
+      .poll(() => page.locator('#sign-up-error').textContent(), { timeout: 10_000 })
       .toMatch(/already exists/i);
     await expect(page.locator('#tasks-view').isHidden()).resolves.toBe(true);
   });
@@ -532,7 +455,9 @@ describe('the web page in Chromium', { timeout: 90_000 }, () => {
     await form.getByRole('button', { name: 'Create account' }).click();
     await signedIn(page);
 
-    await expect.poll(() => page.locator('#task-count').textContent()).toBe('0 tasks');
+    await expect
+      .poll(() => page.locator('#task-count').textContent(), { timeout: 10_000 })
+      .toBe('0 tasks');
     expect(rejected).toBe(1);
     expect(tokenRequests).toHaveLength(2);
     await expect(page.locator('#list-error').textContent()).resolves.toBe('');

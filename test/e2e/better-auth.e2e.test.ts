@@ -6,124 +6,55 @@
  * - "frontend" plays the Next.js app's Better Auth; "api" accepts its tokens through
  *   AUTH_JWKS_URL / AUTH_ISSUER / AUTH_AUDIENCE, as a deployment with an external issuer does.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { once } from 'node:events';
-import { createServer } from 'node:net';
-import { fileURLToPath } from 'node:url';
 import { decodeJwt } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createPostgresDatabase, type TaskBody, TEST_SECRET } from '../helpers.js';
+import { type TaskBody, TEST_SECRET } from '../helpers.js';
+import { freePort, type ServerProcess, serverDatabase, startServer } from '../process.js';
 
-const REPO_ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const STARTUP_LIMIT_MS = 90_000;
-const EXIT_LIMIT_MS = 10_000;
 /** In CORS_ORIGINS (its default), so Better Auth trusts it; Node's fetch needs one. */
 const ORIGIN = 'http://localhost:3000';
 const PASSWORD = 'correct horse battery staple';
 const FRONTEND_SECRET = 'the-front-end-better-auth-secret-0123456789abcdef';
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const address = server.address();
-  server.close();
-  await once(server, 'close');
-  if (address === null || typeof address === 'string') throw new Error('no port assigned');
-  return address.port;
+/** One server process on its own port and database, and requests to it as a browser sends them. */
+interface Instance {
+  readonly url: string;
+  fetch(path: string, init?: RequestInit): Promise<Response>;
+  stop(): Promise<void>;
 }
 
-/** One server process on its own port and database. */
-class ServerProcess {
-  readonly url: string;
-  private child: ChildProcess | undefined;
-  private exit: Promise<void> = Promise.resolve();
-  private exited = false;
-  private output = '';
-  private dropDatabase: (() => Promise<void>) | undefined;
-
-  constructor(
-    readonly name: string,
-    readonly port: number,
-  ) {
-    this.url = `http://127.0.0.1:${port}`;
-  }
-
-  async start(env: Record<string, string>) {
-    const databaseEnv: Record<string, string> = { PGLITE_DIR: 'memory://' };
-    const adminUrl = process.env.DATABASE_URL;
-    if (adminUrl) {
-      const database = await createPostgresDatabase(adminUrl);
-      this.dropDatabase = database.drop;
-      databaseEnv.DATABASE_URL = database.url;
-    }
-    const child = spawn(process.execPath, ['--import', 'tsx', 'src/server.ts'], {
-      cwd: REPO_ROOT,
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: {
-        PATH: process.env.PATH ?? '',
-        HOME: process.env.HOME ?? '',
-        LOG_LEVEL: 'warn',
-        HOST: '127.0.0.1',
-        PORT: String(this.port),
-        BETTER_AUTH_URL: this.url,
-        ...databaseEnv,
-        ...env,
-      },
+async function startInstance(env: Record<string, string>): Promise<Instance> {
+  const port = await freePort();
+  const url = `http://127.0.0.1:${port}`;
+  const database = await serverDatabase();
+  let server: ServerProcess;
+  try {
+    server = await startServer({
+      port,
+      startupLimitMs: STARTUP_LIMIT_MS,
+      env: { LOG_LEVEL: 'warn', BETTER_AUTH_URL: url, ...database.env, ...env },
     });
-    this.child = child;
-    const collect = (chunk: string) => {
-      this.output = (this.output + chunk).slice(-20_000);
-    };
-    child.stdout?.setEncoding('utf8').on('data', collect);
-    child.stderr?.setEncoding('utf8').on('data', collect);
-    this.exit = new Promise((resolve) => {
-      child.once('exit', () => {
-        this.exited = true;
-        resolve();
-      });
-    });
-    await this.waitUntilHealthy();
+  } catch (error) {
+    await database.drop();
+    throw error;
   }
-
-  private async waitUntilHealthy() {
-    const deadline = Date.now() + STARTUP_LIMIT_MS;
-    for (;;) {
-      if (this.exited) throw new Error(`${this.name} exited early:\n${this.output}`);
-      try {
-        const response = await fetch(`${this.url}/health`);
-        if (response.ok) return;
-      } catch {
-        // not listening yet
+  return {
+    url,
+    fetch(path, init = {}) {
+      const headers = new Headers(init.headers);
+      if (!headers.has('origin')) headers.set('origin', ORIGIN);
+      if (init.body !== undefined && !headers.has('content-type')) {
+        headers.set('content-type', 'application/json');
       }
-      if (Date.now() > deadline)
-        throw new Error(`${this.name} not healthy in time:\n${this.output}`);
-      await sleep(250);
-    }
-  }
-
-  async stop() {
-    const child = this.child;
-    if (child && !this.exited) {
-      child.kill('SIGTERM');
-      const timer = setTimeout(() => child.kill('SIGKILL'), EXIT_LIMIT_MS);
-      await this.exit;
-      clearTimeout(timer);
-    }
-    await this.dropDatabase?.();
-  }
-
-  fetch(path: string, init: RequestInit = {}) {
-    const headers = new Headers(init.headers);
-    if (!headers.has('origin')) headers.set('origin', ORIGIN);
-    if (init.body !== undefined && !headers.has('content-type')) {
-      headers.set('content-type', 'application/json');
-    }
-    return fetch(`${this.url}${path}`, { ...init, headers });
-  }
+      return fetch(`${url}${path}`, { ...init, headers });
+    },
+    async stop() {
+      await server.stop();
+      await database.drop();
+    },
+  };
 }
 
 interface Session {
@@ -140,7 +71,7 @@ function cookieOf(response: Response): string {
     .join('; ');
 }
 
-async function signUp(server: ServerProcess, email: string): Promise<Session> {
+async function signUp(server: Instance, email: string): Promise<Session> {
   const response = await server.fetch('/api/auth/sign-up/email', {
     method: 'POST',
     body: JSON.stringify({ email, password: PASSWORD, name: 'E2E User' }),
@@ -150,7 +81,7 @@ async function signUp(server: ServerProcess, email: string): Promise<Session> {
   return { userId: body.user.id, cookie: cookieOf(response) };
 }
 
-async function signIn(server: ServerProcess, email: string): Promise<Session> {
+async function signIn(server: Instance, email: string): Promise<Session> {
   const response = await server.fetch('/api/auth/sign-in/email', {
     method: 'POST',
     body: JSON.stringify({ email, password: PASSWORD }),
@@ -160,7 +91,7 @@ async function signIn(server: ServerProcess, email: string): Promise<Session> {
   return { userId: body.user.id, cookie: cookieOf(response) };
 }
 
-async function tokenOf(server: ServerProcess, session: Session): Promise<string> {
+async function tokenOf(server: Instance, session: Session): Promise<string> {
   const response = await server.fetch('/api/auth/token', { headers: { cookie: session.cookie } });
   expect(response.status).toBe(200);
   return ((await response.json()) as { token: string }).token;
@@ -172,17 +103,14 @@ function bearer(token: string) {
 
 const uniqueEmail = () => `e2e-${randomUUID()}@example.com`;
 
-let api: ServerProcess;
-let frontend: ServerProcess;
+let api: Instance;
+let frontend: Instance;
 
 beforeAll(async () => {
-  const [apiPort, frontendPort] = [await freePort(), await freePort()];
-  api = new ServerProcess('api', apiPort);
-  frontend = new ServerProcess('frontend', frontendPort);
   // One after the other, to spare a busy machine two PGlite start-ups at once. The API
   // fetches the front end's key set lazily, on the first token that needs it.
-  await frontend.start({ BETTER_AUTH_SECRET: FRONTEND_SECRET });
-  await api.start({
+  frontend = await startInstance({ BETTER_AUTH_SECRET: FRONTEND_SECRET });
+  api = await startInstance({
     BETTER_AUTH_SECRET: TEST_SECRET,
     AUTH_JWKS_URL: `${frontend.url}/api/auth/jwks`,
     AUTH_ISSUER: frontend.url,

@@ -4,20 +4,20 @@
  * B's link to Redis (the real Redis keeps running) and bring it back.
  */
 
-import { type ChildProcess, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { once } from 'node:events';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createUserAndToken, type TestUser } from '../helpers.js';
 import {
-  createPostgresDatabase,
-  createUserAndToken,
-  TEST_SECRET,
-  type TestUser,
-} from '../helpers.js';
+  freePort,
+  type ServerDatabase,
+  type ServerProcess,
+  serverDatabase,
+  sleep,
+  startServer,
+} from '../process.js';
 
-const REPO_ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const REDIS_PORT = 6379;
 const USER_LIMIT = 4;
 const STARTUP_LIMIT_MS = 90_000;
@@ -25,19 +25,6 @@ const STARTUP_LIMIT_MS = 90_000;
 const OUTAGE_ANSWER_BOUND_MS = 3_000;
 /** How long the test waits for the limits to apply again once the link is back. */
 const RECOVERY_BOUND_MS = 15_000;
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const address = server.address();
-  server.close();
-  await once(server, 'close');
-  if (address === null || typeof address === 'string') throw new Error('no port assigned');
-  return address.port;
-}
 
 /** A TCP proxy to the real Redis that the test can cut (close) and restore (open). */
 class RedisLink {
@@ -76,100 +63,23 @@ class RedisLink {
   }
 }
 
-interface Instance {
-  name: string;
-  baseUrl: string;
-  child: ChildProcess;
-  stdout: string;
-  exited: boolean;
+function storeEvents(instance: ServerProcess) {
+  return instance.logLines().filter((line) => line.event === 'rate_limit_store');
 }
 
-function logLines(instance: Instance): Record<string, unknown>[] {
-  const complete = instance.stdout.slice(0, instance.stdout.lastIndexOf('\n') + 1);
-  return complete
-    .split('\n')
-    .filter((line) => line.trim() !== '')
-    .map((line) => {
-      try {
-        return JSON.parse(line) as Record<string, unknown>;
-      } catch {
-        return { unparsed: line };
-      }
-    });
-}
-
-function storeEvents(instance: Instance) {
-  return logLines(instance).filter((line) => line.event === 'rate_limit_store');
-}
-
-async function startInstance(
-  name: string,
-  redisPort: number,
-  env: Record<string, string>,
-): Promise<Instance> {
-  const port = await freePort();
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/server.ts'], {
-    cwd: REPO_ROOT,
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: {
-      PATH: process.env.PATH ?? '',
-      HOME: process.env.HOME ?? '',
-      BETTER_AUTH_SECRET: TEST_SECRET,
-      LOG_LEVEL: 'info',
-      PORT: String(port),
-      HOST: '127.0.0.1',
-      REDIS_URL: `redis://127.0.0.1:${redisPort}`,
-      ...env,
-    },
+function startInstance(redisPort: number, env: Record<string, string>): Promise<ServerProcess> {
+  return startServer({
+    startupLimitMs: STARTUP_LIMIT_MS,
+    env: { REDIS_URL: `redis://127.0.0.1:${redisPort}`, ...env },
   });
-  const instance: Instance = {
-    name,
-    baseUrl: `http://127.0.0.1:${port}`,
-    child,
-    stdout: '',
-    exited: false,
-  };
-  let stderr = '';
-  child.stdout?.setEncoding('utf8').on('data', (chunk: string) => {
-    instance.stdout += chunk;
-  });
-  child.stderr?.setEncoding('utf8').on('data', (chunk: string) => {
-    stderr += chunk;
-  });
-  child.once('exit', () => {
-    instance.exited = true;
-  });
-
-  const deadline = Date.now() + STARTUP_LIMIT_MS;
-  for (;;) {
-    if (instance.exited) throw new Error(`${name} exited early: ${stderr}${instance.stdout}`);
-    try {
-      if ((await fetch(`${instance.baseUrl}/health`)).ok) return instance;
-    } catch {
-      // not listening yet
-    }
-    if (Date.now() > deadline) throw new Error(`${name} not healthy in time: ${stderr}`);
-    await sleep(250);
-  }
-}
-
-async function stopInstance(instance: Instance | undefined) {
-  if (!instance || instance.exited) return;
-  const exited = once(instance.child, 'exit');
-  instance.child.kill('SIGTERM');
-  const stopped = await Promise.race([exited.then(() => true), sleep(10_000).then(() => false)]);
-  if (!stopped) {
-    instance.child.kill('SIGKILL');
-    await exited;
-  }
 }
 
 let link: RedisLink;
-let direct: Instance | undefined;
-let proxied: Instance | undefined;
-let dropDatabase: (() => Promise<void>) | undefined;
+let direct: ServerProcess | undefined;
+let proxied: ServerProcess | undefined;
+let database: ServerDatabase | undefined;
 
-function instances(): [Instance, Instance] {
+function instances(): [ServerProcess, ServerProcess] {
   if (!direct || !proxied) throw new Error('instances not started');
   return [direct, proxied];
 }
@@ -178,29 +88,24 @@ beforeAll(async () => {
   link = new RedisLink(await freePort());
   await link.open();
   // Both instances count in one namespace no other run uses.
+  database = await serverDatabase();
   const env: Record<string, string> = {
     RATE_LIMIT_NAMESPACE: `test:e2e:${randomUUID()}:`,
     RATE_LIMIT_USER_PER_MINUTE: String(USER_LIMIT),
-    PGLITE_DIR: 'memory://',
+    ...database.env,
   };
-  const adminUrl = process.env.DATABASE_URL;
-  if (adminUrl) {
-    const database = await createPostgresDatabase(adminUrl);
-    dropDatabase = database.drop;
-    env.DATABASE_URL = database.url;
-  }
   // One after the other: two PGlite start-ups at once can starve a 2-core machine.
-  direct = await startInstance('A (direct)', REDIS_PORT, env);
-  proxied = await startInstance('B (through the proxy)', link.port, env);
+  direct = await startInstance(REDIS_PORT, env); // A
+  proxied = await startInstance(link.port, env); // B, through the proxy
 }, 120_000);
 
 afterAll(async () => {
-  await Promise.all([stopInstance(direct), stopInstance(proxied)]);
+  await Promise.all([direct?.stop(), proxied?.stop()]);
   await link?.cut();
-  await dropDatabase?.();
+  await database?.drop();
 }, 60_000);
 
-async function listTasks(instance: Instance, user: TestUser) {
+async function listTasks(instance: ServerProcess, user: TestUser) {
   const response = await fetch(`${instance.baseUrl}/api/tasks`, {
     headers: { authorization: `Bearer ${user.token}` },
   });

@@ -4,40 +4,34 @@
  */
 import http from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createUserAndToken, type TaskBody, TEST_SECRET, type TestUser } from '../helpers.js';
 import {
-  createPostgresDatabase,
-  createUserAndToken,
-  type TaskBody,
-  TEST_SECRET,
-  type TestUser,
-} from '../helpers.js';
-import { type ServerProcess, sleep, startServer } from '../process.js';
+  type ServerDatabase,
+  type ServerProcess,
+  serverDatabase,
+  sleep,
+  startServer,
+} from '../process.js';
 
 const EXIT_LIMIT_MS = 10_000;
 
 let server: ServerProcess;
 let baseUrl = '';
-let dropDatabase: (() => Promise<void>) | undefined;
+let database: ServerDatabase | undefined;
 
 const logLines = () => server.logLines();
 const waitForLogLine = (predicate: (line: Record<string, unknown>) => boolean) =>
   server.waitForLogLine(predicate);
 
 beforeAll(async () => {
-  const databaseEnv: Record<string, string> = { PGLITE_DIR: 'memory://' };
-  const adminUrl = process.env.DATABASE_URL;
-  if (adminUrl) {
-    const database = await createPostgresDatabase(adminUrl);
-    dropDatabase = database.drop;
-    databaseEnv.DATABASE_URL = database.url;
-  }
-  server = await startServer({ env: databaseEnv });
+  database = await serverDatabase();
+  server = await startServer({ env: database.env });
   baseUrl = server.baseUrl;
 }, 90_000);
 
 afterAll(async () => {
   await server?.kill();
-  await dropDatabase?.();
+  await database?.drop();
 }, 60_000);
 
 async function api(user: TestUser | null, path: string, init: RequestInit = {}) {

@@ -2,67 +2,15 @@
  * Bad configuration stops the real process with exit code 1 and one line on stderr that
  * names the variable (SPEC §2), never a stack trace.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
-import { once } from 'node:events';
-import { createServer } from 'node:net';
-import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { TEST_SECRET } from '../helpers.js';
+import { freePort, killLeftovers, type RunResult, runScript } from '../process.js';
 
-const REPO_ROOT = fileURLToPath(new URL('../..', import.meta.url));
-const RUN_LIMIT_MS = 50_000;
-
-const running = new Set<ChildProcess>();
-afterAll(() => {
-  for (const child of running) child.kill('SIGKILL');
-});
-
-interface RunResult {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  stdout: string;
-  stderr: string;
-}
+afterAll(killLeftovers);
 
 /** Runs the server with only PATH, HOME, an in-memory PGlite and `env`; resolves when it exits. */
-async function runServer(env: Record<string, string>): Promise<RunResult> {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/server.ts'], {
-    cwd: REPO_ROOT,
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: {
-      PATH: process.env.PATH ?? '',
-      HOME: process.env.HOME ?? '',
-      PGLITE_DIR: 'memory://',
-      HOST: '127.0.0.1',
-      ...env,
-    },
-  });
-  running.add(child);
-  let stdout = '';
-  let stderr = '';
-  child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
-    stdout += chunk;
-  });
-  child.stderr.setEncoding('utf8').on('data', (chunk: string) => {
-    stderr += chunk;
-  });
-  const timer = setTimeout(() => child.kill('SIGKILL'), RUN_LIMIT_MS);
-  const [code, signal] = (await once(child, 'close')) as [number | null, NodeJS.Signals | null];
-  clearTimeout(timer);
-  running.delete(child);
-  return { code, signal, stdout, stderr };
-}
-
-async function closedPort(): Promise<number> {
-  const server = createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const address = server.address();
-  server.close();
-  await once(server, 'close');
-  if (address === null || typeof address === 'string') throw new Error('no port assigned');
-  return address.port;
-}
+const runServer = (env: Record<string, string>) =>
+  runScript('src/server.ts', [], { PGLITE_DIR: 'memory://', HOST: '127.0.0.1', ...env });
 
 function expectOneLineNaming(result: RunResult, variable: string) {
   expect(result.code, `signal ${result.signal}: ${result.stderr}`).toBe(1);
@@ -84,7 +32,8 @@ describe('start-up with bad configuration', () => {
   }, 60_000);
 
   it('when DATABASE_URL points at a closed port, then the process exits 1 with one stderr line naming DATABASE_URL', async () => {
-    const port = await closedPort();
+    // Free a moment ago: nothing listens there.
+    const port = await freePort();
     const result = await runServer({
       DATABASE_URL: `postgres://todo:e2e-db-password@127.0.0.1:${port}/todo`,
       BETTER_AUTH_SECRET: TEST_SECRET,

@@ -1,52 +1,14 @@
 /** `npm run token -- <user-id>`: the development token minter, run as a real process. */
-import { type ChildProcess, spawn } from 'node:child_process';
-import { once } from 'node:events';
-import { fileURLToPath } from 'node:url';
 import { jwtVerify } from 'jose';
 import { afterAll, describe, expect, it } from 'vitest';
+import { killLeftovers, runScript } from '../process.js';
 
-const REPO_ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const CLI_SECRET = 'token-cli-e2e-secret-0123456789-abcdefghijklmnopqrstuvwxyz';
-const RUN_LIMIT_MS = 50_000;
 
-const running = new Set<ChildProcess>();
-afterAll(() => {
-  for (const child of running) child.kill('SIGKILL');
-});
+afterAll(killLeftovers);
 
-interface RunResult {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  stdout: string;
-  stderr: string;
-}
-
-async function runTokenCli(args: string[]): Promise<RunResult> {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/token.ts', ...args], {
-    cwd: REPO_ROOT,
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: {
-      PATH: process.env.PATH ?? '',
-      HOME: process.env.HOME ?? '',
-      BETTER_AUTH_SECRET: CLI_SECRET,
-      PGLITE_DIR: 'memory://',
-    },
-  });
-  running.add(child);
-  let stdout = '';
-  let stderr = '';
-  child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
-    stdout += chunk;
-  });
-  child.stderr.setEncoding('utf8').on('data', (chunk: string) => {
-    stderr += chunk;
-  });
-  const timer = setTimeout(() => child.kill('SIGKILL'), RUN_LIMIT_MS);
-  const [code, signal] = (await once(child, 'close')) as [number | null, NodeJS.Signals | null];
-  clearTimeout(timer);
-  running.delete(child);
-  return { code, signal, stdout, stderr };
-}
+const runTokenCli = (args: string[]) =>
+  runScript('src/cli/token.ts', args, { BETTER_AUTH_SECRET: CLI_SECRET, PGLITE_DIR: 'memory://' });
 
 describe('token CLI', () => {
   it('when given a user id, then it prints one HS256 JWT for that subject, valid for an hour', async () => {
