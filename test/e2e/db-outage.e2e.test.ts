@@ -7,8 +7,6 @@
  * always runs: without DATABASE_URL it uses the PostgreSQL every machine here and CI has at
  * 127.0.0.1:5432, in a fresh database it drops at the end.
  */
-import { once } from 'node:events';
-import { connect, createServer, type Server, type Socket } from 'node:net';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -18,63 +16,13 @@ import {
   type TestUser,
 } from '../helpers.js';
 import { type ServerProcess, sleep, startServer } from '../process.js';
+import { CuttableProxy } from '../proxy.js';
 
 const ADMIN_URL = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
 /** No request may take longer than this, outage or not: past it, the service hung. */
 const REQUEST_LIMIT_MS = 10_000;
 /** SPEC: within 5 s of the link returning, everything works again. */
 const RECOVERY_LIMIT_MS = 5_000;
-
-/** A TCP relay 127.0.0.1:<port> → the database, which can drop every connection and refuse new ones. */
-class CuttableProxy {
-  private server: Server | undefined;
-  private readonly sockets = new Set<Socket>();
-  port = 0;
-
-  constructor(
-    private readonly targetHost: string,
-    private readonly targetPort: number,
-  ) {}
-
-  /** Listens (again) on `port`, or a free port the first time. */
-  async open(): Promise<void> {
-    const server = createServer((client) => this.relay(client));
-    server.listen(this.port, '127.0.0.1');
-    await once(server, 'listening');
-    const address = server.address();
-    if (address === null || typeof address === 'string') throw new Error('no port assigned');
-    this.port = address.port;
-    this.server = server;
-  }
-
-  /** Stops listening (new connections: ECONNREFUSED) and drops every open connection. */
-  async cut(): Promise<void> {
-    const server = this.server;
-    this.server = undefined;
-    if (!server) return;
-    const closed = once(server, 'close');
-    server.close();
-    for (const socket of this.sockets) socket.destroy();
-    this.sockets.clear();
-    await closed;
-  }
-
-  private relay(client: Socket) {
-    const upstream = connect(this.targetPort, this.targetHost);
-    for (const [from, to] of [
-      [client, upstream],
-      [upstream, client],
-    ] as const) {
-      this.sockets.add(from);
-      from.on('error', () => to.destroy());
-      from.on('close', () => {
-        this.sockets.delete(from);
-        to.destroy();
-      });
-      from.pipe(to);
-    }
-  }
-}
 
 interface Answer {
   status: number;

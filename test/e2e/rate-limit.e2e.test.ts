@@ -5,18 +5,16 @@
  */
 
 import { randomUUID } from 'node:crypto';
-import { once } from 'node:events';
-import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createUserAndToken, type TestUser } from '../helpers.js';
 import {
-  freePort,
   type ServerDatabase,
   type ServerProcess,
   serverDatabase,
   sleep,
   startServer,
 } from '../process.js';
+import { CuttableProxy } from '../proxy.js';
 
 const REDIS_PORT = 6379;
 const USER_LIMIT = 4;
@@ -25,43 +23,6 @@ const STARTUP_LIMIT_MS = 90_000;
 const OUTAGE_ANSWER_BOUND_MS = 3_000;
 /** How long the test waits for the limits to apply again once the link is back. */
 const RECOVERY_BOUND_MS = 15_000;
-
-/** A TCP proxy to the real Redis that the test can cut (close) and restore (open). */
-class RedisLink {
-  private server: Server | undefined;
-  private readonly sockets = new Set<Socket>();
-
-  constructor(readonly port: number) {}
-
-  async open(): Promise<void> {
-    const server = createServer((client) => {
-      const upstream = createConnection(REDIS_PORT, '127.0.0.1');
-      for (const socket of [client, upstream]) {
-        this.sockets.add(socket);
-        socket.on('close', () => this.sockets.delete(socket));
-        socket.on('error', () => {
-          client.destroy();
-          upstream.destroy();
-        });
-      }
-      client.pipe(upstream).pipe(client);
-    });
-    server.listen(this.port, '127.0.0.1');
-    await once(server, 'listening');
-    this.server = server;
-  }
-
-  /** Refuses new connections and drops the open ones, as a Redis outage would. */
-  async cut(): Promise<void> {
-    const server = this.server;
-    this.server = undefined;
-    if (!server) return;
-    const closed = once(server, 'close');
-    server.close();
-    for (const socket of this.sockets) socket.destroy();
-    await closed;
-  }
-}
 
 function storeEvents(instance: ServerProcess) {
   return instance.logLines().filter((line) => line.event === 'rate_limit_store');
@@ -74,7 +35,7 @@ function startInstance(redisPort: number, env: Record<string, string>): Promise<
   });
 }
 
-let link: RedisLink;
+let link: CuttableProxy;
 let direct: ServerProcess | undefined;
 let proxied: ServerProcess | undefined;
 let database: ServerDatabase | undefined;
@@ -85,7 +46,7 @@ function instances(): [ServerProcess, ServerProcess] {
 }
 
 beforeAll(async () => {
-  link = new RedisLink(await freePort());
+  link = new CuttableProxy('127.0.0.1', REDIS_PORT);
   await link.open();
   // Both instances count in one namespace no other run uses.
   database = await serverDatabase();
