@@ -25,26 +25,22 @@ const port = z
   .transform(Number)
   .pipe(z.number().int().min(0).max(65535, 'must be at most 65535'));
 
-const positiveInt = (fallback: number, max: number) =>
+/**
+ * A whole number from `min` to `max`, `fallback` when unset. With `min` 0, zero turns the
+ * feature off, and the error says so.
+ */
+const wholeNumber = (min: 0 | 1, fallback: number, max: number) =>
   optionalString.pipe(
     z
       .string()
-      .regex(/^\d+$/, 'must be a whole number')
+      .regex(/^\d+$/, min === 0 ? 'must be a whole number (0 disables)' : 'must be a whole number')
       .transform(Number)
-      .pipe(z.number().int().min(1).max(max, `must be at most ${max}`))
+      .pipe(z.number().int().min(min).max(max, `must be at most ${max}`))
       .default(fallback),
   );
 
-/** A whole number from 0 (which turns the feature off) up to `max`. */
-const nonNegativeInt = (fallback: number, max: number) =>
-  optionalString.pipe(
-    z
-      .string()
-      .regex(/^\d+$/, 'must be a whole number (0 disables)')
-      .transform(Number)
-      .pipe(z.number().int().min(0).max(max, `must be at most ${max}`))
-      .default(fallback),
-  );
+const positiveInt = (fallback: number, max: number) => wholeNumber(1, fallback, max);
+const nonNegativeInt = (fallback: number, max: number) => wholeNumber(0, fallback, max);
 
 const envSchema = z.object({
   NODE_ENV: optionalString.pipe(
