@@ -164,3 +164,72 @@ describe('loadConfig secret', () => {
     expect(second.auth.secret).not.toBe(first.auth.secret);
   });
 });
+
+describe('loadConfig WEB_CONCURRENCY', () => {
+  const postgresAndRedis = {
+    BETTER_AUTH_SECRET: SECRET,
+    DATABASE_URL: 'postgres://todo@db.example.com:5432/todo',
+    REDIS_URL: 'redis://redis.example.com:6379',
+  };
+
+  it('when WEB_CONCURRENCY is unset, then one process serves (no workers)', () => {
+    const config = loadConfig({ BETTER_AUTH_SECRET: SECRET }, { devSecretFile: freshSecretFile() });
+    expect(config.workers).toBe(1);
+  });
+
+  it('when WEB_CONCURRENCY=4 with DATABASE_URL and REDIS_URL, then four workers are configured', () => {
+    const config = loadConfig(
+      { ...postgresAndRedis, WEB_CONCURRENCY: '4' },
+      { devSecretFile: freshSecretFile() },
+    );
+    expect(config.workers).toBe(4);
+  });
+
+  it('when WEB_CONCURRENCY=1 on PGlite without Redis, then it is accepted', () => {
+    const config = loadConfig(
+      { BETTER_AUTH_SECRET: SECRET, WEB_CONCURRENCY: '1' },
+      { devSecretFile: freshSecretFile() },
+    );
+    expect(config.workers).toBe(1);
+  });
+
+  it.each(['0', '65', '2.5', 'two', '-1'])(
+    'when WEB_CONCURRENCY=%s, then a one-line ConfigError names WEB_CONCURRENCY',
+    (value) => {
+      const error = configErrorFor({ ...postgresAndRedis, WEB_CONCURRENCY: value });
+      expect(error.message).toMatch(/^Invalid WEB_CONCURRENCY: /);
+      expect(error.message).not.toMatch(/[\r\n]/);
+    },
+  );
+
+  it('when WEB_CONCURRENCY=2 without DATABASE_URL, then a one-line ConfigError says PGlite allows one process', () => {
+    const error = configErrorFor({
+      BETTER_AUTH_SECRET: SECRET,
+      REDIS_URL: 'redis://redis.example.com:6379',
+      WEB_CONCURRENCY: '2',
+    });
+    expect(error.message).toMatch(/^Invalid WEB_CONCURRENCY: .*DATABASE_URL/);
+    expect(error.message).toContain('PGlite');
+    expect(error.message).not.toMatch(/[\r\n]/);
+  });
+
+  it('when WEB_CONCURRENCY=2 without REDIS_URL, then a one-line ConfigError says to set REDIS_URL', () => {
+    const error = configErrorFor({
+      BETTER_AUTH_SECRET: SECRET,
+      DATABASE_URL: 'postgres://todo@db.example.com:5432/todo',
+      WEB_CONCURRENCY: '2',
+    });
+    expect(error.message).toMatch(/^Invalid WEB_CONCURRENCY: /);
+    expect(error.message).toContain('set REDIS_URL');
+    expect(error.message).not.toMatch(/[\r\n]/);
+  });
+
+  it('when WEB_CONCURRENCY is refused, then the message does not echo the database password', () => {
+    const error = configErrorFor({
+      BETTER_AUTH_SECRET: SECRET,
+      DATABASE_URL: 'postgres://todo:hunter2-db-password@db.example.com/todo',
+      WEB_CONCURRENCY: '3',
+    });
+    expect(error.message).not.toContain('hunter2-db-password');
+  });
+});

@@ -42,6 +42,9 @@ const wholeNumber = (min: 0 | 1, fallback: number, max: number) =>
 const positiveInt = (fallback: number, max: number) => wholeNumber(1, fallback, max);
 const nonNegativeInt = (fallback: number, max: number) => wholeNumber(0, fallback, max);
 
+/** WEB_CONCURRENCY's ceiling: far more processes than cores only adds contention. */
+const MAX_WORKERS = 64;
+
 const envSchema = z.object({
   NODE_ENV: optionalString.pipe(
     z.enum(['development', 'production', 'test']).default('development'),
@@ -84,6 +87,7 @@ const envSchema = z.object({
   TRUST_PROXY: optionalString.pipe(z.enum(['true', 'false']).default('false')),
   REQUEST_TIMEOUT_MS: positiveInt(30_000, 3_600_000),
   KEEP_ALIVE_TIMEOUT_MS: positiveInt(5_000, 3_600_000),
+  WEB_CONCURRENCY: positiveInt(1, MAX_WORKERS),
 });
 
 export type LogLevel = (typeof LOG_LEVELS)[number];
@@ -128,6 +132,11 @@ export interface Config {
     /** An idle keep-alive connection is closed after this. */
     keepAliveTimeoutMs: number;
   };
+  /**
+   * WEB_CONCURRENCY: server processes on the one PORT. 1 is the plain process; more makes it
+   * a node:cluster primary that forks this many workers (src/cluster.ts).
+   */
+  workers: number;
 }
 
 export interface LoadConfigOptions {
@@ -162,6 +171,17 @@ export function loadConfig(
         `Invalid CORS_ORIGINS: "${origin}" is not an origin like https://app.example.com`,
       );
     }
+  }
+
+  if (vars.WEB_CONCURRENCY > 1 && vars.DATABASE_URL === undefined) {
+    throw new ConfigError(
+      `Invalid WEB_CONCURRENCY: ${vars.WEB_CONCURRENCY} workers need DATABASE_URL (the embedded PGlite database can be opened by one process only); set WEB_CONCURRENCY=1 or use PostgreSQL`,
+    );
+  }
+  if (vars.WEB_CONCURRENCY > 1 && vars.REDIS_URL === undefined) {
+    throw new ConfigError(
+      `Invalid WEB_CONCURRENCY: ${vars.WEB_CONCURRENCY} workers need REDIS_URL (in memory each worker would count its own rate limits, allowing ${vars.WEB_CONCURRENCY} times too many); set REDIS_URL or WEB_CONCURRENCY=1`,
+    );
   }
 
   let secret = vars.BETTER_AUTH_SECRET;
@@ -204,6 +224,7 @@ export function loadConfig(
       requestTimeoutMs: vars.REQUEST_TIMEOUT_MS,
       keepAliveTimeoutMs: vars.KEEP_ALIVE_TIMEOUT_MS,
     },
+    workers: vars.WEB_CONCURRENCY,
   };
 }
 
