@@ -1,5 +1,8 @@
+import cluster from 'node:cluster';
 import type { FastifyInstance } from 'fastify';
+import { pino } from 'pino';
 import { buildApp } from './app.js';
+import { runPrimary } from './cluster.js';
 import { type Config, ConfigError, loadConfig } from './config.js';
 import { isDatabaseUnavailable } from './db/errors.js';
 
@@ -71,17 +74,39 @@ async function main() {
     throw error;
   }
 
+  if (config.workers > 1 && cluster.isPrimary) {
+    startPrimary(config);
+    return;
+  }
+  await serve(config, cluster.isWorker);
+}
+
+const GENERATED_SECRET_WARNING =
+  '!!! BETTER_AUTH_SECRET is not set: using a generated development secret kept in .data/dev-secret. Set BETTER_AUTH_SECRET before deploying. !!!';
+
+function readyMessage(config: Config): string {
+  const where =
+    config.database.kind === 'pglite' ? `PGlite in ${config.database.dir}` : 'PostgreSQL';
+  const workers = config.workers > 1 ? `${config.workers} workers; ` : '';
+  return `Todo API ready on http://${config.host}:${config.port} (${workers}database: ${where}; docs at /docs)`;
+}
+
+/** WEB_CONCURRENCY > 1: this process only supervises the workers (src/cluster.ts). */
+function startPrimary(config: Config) {
+  const logger = pino({ level: config.logLevel });
+  if (config.auth.secretSource === 'generated') logger.warn(GENERATED_SECRET_WARNING);
+  runPrimary({ workers: config.workers, logger, readyMessage: readyMessage(config) });
+}
+
+/** The server itself: the whole process, or one worker of a cluster (then the primary says "ready"). */
+async function serve(config: Config, isWorker: boolean) {
   let app: FastifyInstance;
   try {
     app = await buildApp(config);
   } catch (error) {
     fail(describeStartupError(error, config));
   }
-  if (config.auth.secretSource === 'generated') {
-    app.log.warn(
-      '!!! BETTER_AUTH_SECRET is not set: using a generated development secret kept in .data/dev-secret. Set BETTER_AUTH_SECRET before deploying. !!!',
-    );
-  }
+  if (config.auth.secretSource === 'generated' && !isWorker) app.log.warn(GENERATED_SECRET_WARNING);
   shutDownOnSignals(app);
   try {
     await app.listen({ host: config.host, port: config.port });
@@ -89,11 +114,8 @@ async function main() {
     await app.close().catch(() => undefined);
     fail(describeStartupError(error, config));
   }
-  const where =
-    config.database.kind === 'pglite' ? `PGlite in ${config.database.dir}` : 'PostgreSQL';
-  app.log.info(
-    `Todo API ready on http://${config.host}:${config.port} (database: ${where}; docs at /docs)`,
-  );
+  if (isWorker) app.log.info({ worker: cluster.worker?.id }, 'worker ready');
+  else app.log.info(readyMessage(config));
 }
 
 main().catch((error: unknown) => {
