@@ -2,9 +2,9 @@ import { mkdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { PGlite } from '@electric-sql/pglite';
 import { sql } from 'drizzle-orm';
-import { drizzle as drizzlePg } from 'drizzle-orm/node-postgres';
-import { migrate as migratePg } from 'drizzle-orm/node-postgres/migrator';
-import type { PgDatabase, PgQueryResultHKT } from 'drizzle-orm/pg-core';
+import { readMigrationFiles } from 'drizzle-orm/migrator';
+import { drizzle as drizzlePg, NodePgSession, NodePgTransaction } from 'drizzle-orm/node-postgres';
+import { type PgDatabase, PgDialect, type PgQueryResultHKT } from 'drizzle-orm/pg-core';
 import { drizzle as drizzlePglite } from 'drizzle-orm/pglite';
 import { migrate as migratePglite } from 'drizzle-orm/pglite/migrator';
 import pg from 'pg';
@@ -30,8 +30,73 @@ export interface DatabaseHandle {
 
 const MIGRATIONS_FOLDER = fileURLToPath(new URL('../../drizzle', import.meta.url));
 
-// Any constant works; it only has to be the same for every instance of this service.
+// Any constant works; it only has to be the same for every instance of this service. (Earlier
+// versions took it as a session lock: transaction and session advisory locks on one key
+// conflict, so old and new instances still exclude each other during a rolling deploy.)
 const MIGRATION_LOCK_ID = 7_284_130_551;
+
+/** What PgDialect.migrate() expects of a session: no schema, no relations. */
+type NoSchema = Record<string, never>;
+
+/**
+ * A session on a client whose transaction is already open: Drizzle's migrator reads its
+ * journal through the session, then applies the pending migrations in `transaction()`, which
+ * here runs in that open transaction instead of beginning (and committing) its own.
+ */
+class OpenTransactionSession extends NodePgSession<NoSchema, NoSchema> {
+  constructor(
+    client: pg.PoolClient,
+    private readonly migrationDialect: PgDialect,
+  ) {
+    super(client, migrationDialect, undefined);
+  }
+
+  override async transaction<T>(
+    fn: (tx: NodePgTransaction<NoSchema, NoSchema>) => Promise<T>,
+  ): Promise<T> {
+    return fn(new NodePgTransaction(this.migrationDialect, this, undefined));
+  }
+}
+
+/**
+ * Applies the pending migrations in one transaction that first takes a transaction-level
+ * advisory lock, so that instances starting at once migrate one after the other, the later
+ * ones finding nothing left to do.
+ *
+ * One transaction, not a session lock around Drizzle's migrate(): behind a transaction-pooling
+ * PgBouncer (Neon's pooled endpoint) every statement outside a transaction may run on another
+ * server connection, so `pg_advisory_lock` held one connection and `pg_advisory_unlock` ran on
+ * another (a no-op): the lock stayed held by a pooled connection until it closed, and a later
+ * start-up that landed elsewhere waited forever, while one that landed on the holder got it
+ * again (locks are re-entrant) and migrated alongside another instance. A transaction is kept
+ * on one server connection from BEGIN to COMMIT, and its lock ends with it whatever happens.
+ * It also needs one server connection per instance, however small the bouncer's pool is: the
+ * one migrating never waits for a second connection held by those waiting for the lock.
+ * test/e2e/pgbouncer.e2e.test.ts shows both failures of the old way and this one passing.
+ */
+async function migratePostgres(pool: pg.Pool): Promise<void> {
+  const config = { migrationsFolder: MIGRATIONS_FOLDER };
+  const migrations = readMigrationFiles(config);
+  const dialect = new PgDialect();
+  const client = await pool.connect();
+  let broken: Error | undefined;
+  try {
+    await client.query('begin');
+    await client.query('select pg_advisory_xact_lock($1)', [MIGRATION_LOCK_ID]);
+    await dialect.migrate(migrations, new OpenTransactionSession(client, dialect), config);
+    await client.query('commit');
+  } catch (error) {
+    try {
+      await client.query('rollback');
+    } catch (rollbackError) {
+      // Its connection is gone: the pool must discard it, not hand it out again.
+      broken = rollbackError instanceof Error ? rollbackError : new Error(String(rollbackError));
+    }
+    throw error;
+  } finally {
+    client.release(broken);
+  }
+}
 
 /**
  * Every task query switches to APP_ROLE (src/db/with-user.ts). A connection user that may not
@@ -91,17 +156,7 @@ function createPostgres(
     kind: 'postgres',
     db,
     async migrate() {
-      const client = await pool.connect();
-      try {
-        await client.query('select pg_advisory_lock($1)', [MIGRATION_LOCK_ID]);
-        try {
-          await migratePg(drizzlePg(client, { schema }), { migrationsFolder: MIGRATIONS_FOLDER });
-        } finally {
-          await client.query('select pg_advisory_unlock($1)', [MIGRATION_LOCK_ID]);
-        }
-      } finally {
-        client.release();
-      }
+      await migratePostgres(pool);
       await verifyAppRole(db);
     },
     async ping() {
