@@ -64,6 +64,7 @@ const USAGE = `npm run bench -- [options]
   --database-url <url>    PostgreSQL server to create the scratch database on
                           (default $BENCH_DATABASE_URL or postgres://postgres@127.0.0.1:5432/postgres)
   --no-build              skip npm run build (dist/ must be current)
+  --profile               write a CPU profile of the service to bench/results/profiles/
 `;
 
 function parseOptions(argv: string[]) {
@@ -84,6 +85,7 @@ function parseOptions(argv: string[]) {
       'log-file': { type: 'string' },
       'database-url': { type: 'string' },
       'no-build': { type: 'boolean', default: false },
+      profile: { type: 'boolean', default: false },
       help: { type: 'boolean', default: false },
     },
   });
@@ -125,6 +127,7 @@ function parseOptions(argv: string[]) {
       process.env.BENCH_DATABASE_URL ??
       'postgres://postgres@127.0.0.1:5432/postgres',
     build: !values['no-build'],
+    profile: values.profile,
   };
 }
 
@@ -257,6 +260,7 @@ async function main(options: Options) {
       port: await freePort(),
       logPath: options.logFile,
       poolMax: options.kind === 'postgres' ? options.pool : undefined,
+      cpuProfileDir: options.profile ? `${RESULTS_DIR}profiles` : undefined,
     });
     servers.push(service);
     await smokeTest(service, population, true);

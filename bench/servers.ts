@@ -1,8 +1,18 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
+import {
+  closeSync,
+  mkdtempSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  readSync,
+  rmSync,
+  statSync,
+} from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 
@@ -23,14 +33,40 @@ export async function freePort(): Promise<number> {
   });
 }
 
-/** Resident memory of a process in MiB, from /proc (Linux); undefined once it has exited. */
-export function rssMb(pid: number): number | undefined {
+/** Resident memory of one process in MiB, from /proc (Linux); undefined once it has exited. */
+function ownRssMb(pid: number): number | undefined {
   try {
     const match = /^VmRSS:\s+(\d+)\s+kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
     return match?.[1] ? Number(match[1]) / 1024 : undefined;
   } catch {
     return undefined;
   }
+}
+
+/** The child processes of `pid`, from /proc/<pid>/task/<tid>/children (Linux). */
+function childPids(pid: number): number[] {
+  try {
+    return readdirSync(`/proc/${pid}/task`).flatMap((tid) => {
+      try {
+        const children = readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8');
+        return children.split(' ').filter((child) => child.trim() !== '').map(Number);
+      } catch {
+        return [];
+      }
+    });
+  } catch {
+    return [];
+  }
+}
+
+/**
+ * Resident memory in MiB of a process and its descendants (with WEB_CONCURRENCY > 1: the
+ * primary and its workers); undefined once the process has exited.
+ */
+export function rssMb(pid: number): number | undefined {
+  const own = ownRssMb(pid);
+  if (own === undefined) return undefined;
+  return childPids(pid).reduce((sum, child) => sum + (rssMb(child) ?? 0), own);
 }
 
 export interface RunningServer {
@@ -125,6 +161,10 @@ export interface ServiceOptions {
   port: number;
   logPath: string;
   poolMax: number | undefined;
+  /** WEB_CONCURRENCY: above 1, a node:cluster primary and this many workers (default 1). */
+  workers?: number | undefined;
+  /** A directory for a V8 CPU profile of the service (`node --cpu-prof`), written on exit. */
+  cpuProfileDir?: string | undefined;
 }
 
 /**
@@ -147,14 +187,78 @@ export function startService(options: ServiceOptions): Promise<RunningServer> {
   if (options.databaseUrl) env.DATABASE_URL = options.databaseUrl;
   if (options.pgliteDir) env.PGLITE_DIR = options.pgliteDir;
   if (options.poolMax !== undefined) env.DATABASE_POOL_MAX = String(options.poolMax);
-  return startProcess({
+  const workers = options.workers ?? 1;
+  if (workers > 1) {
+    // Workers must share their rate-limit counters (the service refuses to start otherwise):
+    // the local Redis, in a namespace no other run uses.
+    env.WEB_CONCURRENCY = String(workers);
+    env.REDIS_URL = 'redis://127.0.0.1:6379';
+    env.RATE_LIMIT_NAMESPACE = `todo-bench:${randomUUID()}:`;
+  }
+  // Several workers: the primary's "ready" line is awaited, so it must land in a file.
+  const scratchLog =
+    workers > 1 && options.logPath === '/dev/null'
+      ? join(mkdtempSync(join(tmpdir(), 'todo-bench-log-')), 'service.log')
+      : undefined;
+  const logPath = scratchLog ?? options.logPath;
+  const logStart = fileSize(logPath);
+  const service = startProcess({
     name: 'service',
-    args: [join(ROOT, 'dist', 'server.js')],
+    args: [
+      ...(options.cpuProfileDir ? ['--cpu-prof', `--cpu-prof-dir=${options.cpuProfileDir}`] : []),
+      join(ROOT, 'dist', 'server.js'),
+    ],
     env,
     port: options.port,
-    stdoutPath: options.logPath,
+    stdoutPath: logPath,
     readyPath: '/ready',
   });
+  if (workers === 1) return service;
+  return service.then(async (server) => {
+    const stop = async () => {
+      await server.stop();
+      if (scratchLog !== undefined) rmSync(dirname(scratchLog), { recursive: true, force: true });
+    };
+    try {
+      await waitForAllWorkers(server, logPath, logStart);
+    } catch (error) {
+      await stop();
+      throw error;
+    }
+    return { ...server, stop };
+  });
+}
+
+function fileSize(path: string): number {
+  try {
+    return statSync(path).size;
+  } catch {
+    return 0;
+  }
+}
+
+/** /ready answers once one worker listens; the primary logs "Todo API ready" once all of them do. */
+async function waitForAllWorkers(server: RunningServer, logPath: string, fromByte: number) {
+  const deadline = Date.now() + READY_TIMEOUT_MS;
+  const buffer = Buffer.alloc(64 * 1024);
+  let offset = fromByte;
+  let text = '';
+  while (Date.now() < deadline) {
+    const fd = openSync(logPath, 'r');
+    try {
+      for (let read = readSync(fd, buffer, 0, buffer.length, offset); read > 0; ) {
+        offset += read;
+        text = (text + buffer.toString('utf8', 0, read)).slice(-128 * 1024);
+        read = readSync(fd, buffer, 0, buffer.length, offset);
+      }
+    } finally {
+      closeSync(fd);
+    }
+    if (text.includes('"msg":"Todo API ready')) return;
+    if (rssMb(server.pid) === undefined) throw new Error('service: exited before every worker was ready');
+    await sleep(250);
+  }
+  throw new Error(`service: not every worker ready after ${READY_TIMEOUT_MS / 1000} s`);
 }
 
 export function startReference(options: {
