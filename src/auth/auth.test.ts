@@ -153,6 +153,13 @@ describe('shared-secret tokens (HS256)', () => {
     expect(expectUnauthorized(response, token)).toMatch(/sub/);
   });
 
+  it('when the token\'s "sub" contains a NUL character, then it is 401, not a server error', async () => {
+    // PostgreSQL cannot store NUL in text: such an id could never own a row.
+    const token = await signClaims({ sub: 'user_\u0000_x', iat: now(), exp: now() + 3600 });
+    const response = await listTasks(ctx.app, token);
+    expect(expectUnauthorized(response, token)).toMatch(/sub/);
+  });
+
   it('when the token has no "exp", then it is 401', async () => {
     const token = await signToken(`user_${randomUUID()}`, { expiresIn: null });
     const response = await listTasks(ctx.app, token);

@@ -250,6 +250,10 @@ function toIdentity(payload: JWTPayload): TokenIdentity {
   if (typeof payload.sub !== 'string' || payload.sub.trim() === '') {
     throw new UnauthorizedError('Invalid token: "sub" must be a non-empty string', 'claims');
   }
+  // PostgreSQL text cannot hold NUL, so no user row could ever have this id.
+  if (payload.sub.includes('\u0000')) {
+    throw new UnauthorizedError('Invalid token: "sub" must not contain NUL characters', 'claims');
+  }
   const now = Math.floor(Date.now() / 1000);
   if (typeof payload.iat === 'number' && payload.iat > now + CLOCK_SKEW_SECONDS) {
     throw new UnauthorizedError('Invalid token: issued in the future ("iat")', 'claims');

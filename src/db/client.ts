@@ -15,6 +15,9 @@ import { APP_ROLE } from './with-user.js';
 
 export type Database = PgDatabase<PgQueryResultHKT, typeof schema>;
 
+/** The rows of one statement, as the driver decoded them. */
+export type ScriptRows = Record<string, unknown>[];
+
 export interface DatabaseHandle {
   kind: Config['database']['kind'];
   db: Database;
@@ -23,6 +26,14 @@ export interface DatabaseHandle {
    * application role; safe to call from several instances at once.
    */
   migrate(): Promise<void>;
+  /**
+   * Sends `script` (statements separated by `;`, values already inlined as literals) as one
+   * simple-protocol Query message: one round trip. PostgreSQL runs the statements of one such
+   * message, in order, as one implicit transaction (an error stops and rolls back all of
+   * them, and the connection is left clean); a transaction-pooling PgBouncer hands the
+   * message to one server connection. Resolves to each statement's rows.
+   */
+  runScript(script: string): Promise<ScriptRows[]>;
   /** Resolves when the database answers a trivial query. */
   ping(): Promise<void>;
   close(): Promise<void>;
@@ -119,6 +130,17 @@ async function verifyAppRole(db: Database): Promise<void> {
   }
 }
 
+/** The rows of each statement from a driver's answer to a multi-statement script. */
+function rowsOfEach(answer: unknown): ScriptRows[] {
+  const results = Array.isArray(answer) ? answer : [answer];
+  return results.map((result: unknown) => {
+    const rows: unknown =
+      typeof result === 'object' && result !== null ? Reflect.get(result, 'rows') : undefined;
+    if (!Array.isArray(rows)) throw new Error('the database answered a statement without rows');
+    return rows;
+  });
+}
+
 export function createDatabase(
   config: Config['database'],
   onPoolError: (error: Error) => void,
@@ -159,6 +181,11 @@ function createPostgres(
       await migratePostgres(pool);
       await verifyAppRole(db);
     },
+    async runScript(script) {
+      // node-postgres answers one result for one statement and an array for several.
+      const answer: unknown = await pool.query(script);
+      return rowsOfEach(answer);
+    },
     async ping() {
       await pool.query('select 1');
     },
@@ -180,6 +207,9 @@ function createPglite(dir: string): DatabaseHandle {
     async migrate() {
       await migratePglite(db, { migrationsFolder: MIGRATIONS_FOLDER });
       await verifyAppRole(db);
+    },
+    async runScript(script) {
+      return rowsOfEach(await client.exec(script));
     },
     async ping() {
       await db.execute(sql`select 1`);

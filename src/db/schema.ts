@@ -176,6 +176,32 @@ export const idempotencyKey = pgTable(
   ],
 );
 
-export const schema = { user, session, account, verification, jwks, task, idempotencyKey };
+/**
+ * How many tasks each user has, and how many of them are completed: the `X-Total-Count` of
+ * every list, read by primary key instead of counting a user's rows (a count of 100 000 rows
+ * per page made a large user's page 14 times slower than a small user's). Kept exact by
+ * statement-level triggers on `task` (migration 0003, not expressible here), in the same
+ * transaction as the change; row-level security as on `task`. No CHECK on the figures: were
+ * they ever to drift (triggers disabled by hand), a wrong count beats refusing deletes;
+ * README "Operations" has the statement that recounts.
+ */
+export const taskCount = pgTable('task_count', {
+  userId: text('user_id')
+    .primaryKey()
+    .references(() => user.id, { onDelete: 'cascade' }),
+  total: integer('total').notNull().default(0),
+  completed: integer('completed').notNull().default(0),
+});
+
+export const schema = {
+  user,
+  session,
+  account,
+  verification,
+  jwks,
+  task,
+  idempotencyKey,
+  taskCount,
+};
 
 export type TaskRow = typeof task.$inferSelect;

@@ -6,7 +6,7 @@ import {
 } from 'drizzle-orm/node-postgres';
 import { PgDialect, type PgQueryResultHKT, type PgTransaction } from 'drizzle-orm/pg-core';
 import pg from 'pg';
-import type { Database } from './client.js';
+import type { Database, DatabaseHandle, ScriptRows } from './client.js';
 import type { schema } from './schema.js';
 
 /**
@@ -45,14 +45,11 @@ export async function withUser<T>(
   userId: string,
   fn: (tx: Transaction) => Promise<T>,
 ): Promise<T> {
-  // An empty id would match no row anyway; refusing it makes the mistake loud.
   if (userId === '') throw new Error('withUser: the user id is empty');
   const pooled = pooledSetupOf(db);
   if (pooled !== undefined) return pooledWithUser(pooled, userId, fn);
   return db.transaction(async (tx) => {
-    await tx.execute(
-      sql`select set_config('role', ${APP_ROLE}, true), set_config(${USER_SETTING}, ${userId}, true)`,
-    );
+    await tx.execute(sql.raw(actAsUserStatement(userId)));
     return fn(tx);
   });
 }
@@ -95,18 +92,52 @@ function pooledSetupOf(db: Database): PooledSetup | undefined {
 }
 
 /**
- * `BEGIN` and both settings in one simple-protocol message (several statements in one
- * Query message run in order, and an error stops the rest), so the transaction starts as the
- * role and user after one round trip instead of two. The user id cannot be a bind parameter
- * in the simple protocol: it is quoted by node-postgres's `escapeLiteral`, which doubles
- * quotes and backslashes (E'' form), so any string stays one literal.
+ * A string as an SQL literal, for the scripts below, which run on the simple protocol and so
+ * cannot bind parameters. node-postgres's `escapeLiteral` doubles quotes and backslashes and
+ * uses the E'' form when there is a backslash, so any string stays one literal whatever
+ * `standard_conforming_strings` is. NUL cannot travel in a Query message (it would end the
+ * text there): refused, as the validators already refuse it in every field.
  */
-export function beginAsUserStatement(userId: string): string {
-  const literal = pg.escapeLiteral;
+export function textLiteral(value: string): string {
+  if (value.includes('\u0000')) throw new Error('a NUL character cannot be sent in SQL text');
+  return pg.escapeLiteral(value);
+}
+
+/** A whole number as an SQL literal; anything else (NaN, 1.5, 2^60) is a programming error. */
+export function integerLiteral(value: number): string {
+  if (!Number.isSafeInteger(value)) throw new Error(`not a safe integer: ${String(value)}`);
+  return String(value);
+}
+
+/** The statement that makes the rest of its transaction the application role acting for `userId`. */
+export function actAsUserStatement(userId: string): string {
+  // An empty id would match no row anyway; refusing it makes the mistake loud.
+  if (userId === '') throw new Error('the user id is empty');
   return (
-    `begin; select set_config('role', ${literal(APP_ROLE)}, true), ` +
-    `set_config(${literal(USER_SETTING)}, ${literal(userId)}, true)`
+    `select set_config(${textLiteral('role')}, ${textLiteral(APP_ROLE)}, true), ` +
+    `set_config(${textLiteral(USER_SETTING)}, ${textLiteral(userId)}, true)`
   );
+}
+
+/** `BEGIN` and both settings in one simple-protocol message (see pooledWithUser). */
+export function beginAsUserStatement(userId: string): string {
+  return `begin; ${actAsUserStatement(userId)}`;
+}
+
+/**
+ * Runs `statements` (values inlined with textLiteral/integerLiteral) as the application role
+ * acting for `userId`, in one round trip: the settings and the statements travel as one
+ * message and run as one implicit transaction (DatabaseHandle.runScript), so row-level
+ * security costs no extra round trip, and nothing outlives the message (safe behind a
+ * transaction-pooling PgBouncer). Resolves to the rows of each of `statements`.
+ */
+export async function runAsUser(
+  database: Pick<DatabaseHandle, 'runScript'>,
+  userId: string,
+  statements: readonly string[],
+): Promise<ScriptRows[]> {
+  const results = await database.runScript([actAsUserStatement(userId), ...statements].join(';\n'));
+  return results.slice(1);
 }
 
 /**

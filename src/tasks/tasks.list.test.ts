@@ -7,7 +7,8 @@ import {
   type TestContext,
   type TestUser,
 } from '../../test/helpers.js';
-import { task as taskTable } from '../db/schema.js';
+import { eq } from 'drizzle-orm';
+import { task as taskTable, taskCount, user as userTable } from '../db/schema.js';
 
 let ctx: TestContext;
 beforeAll(async () => {
@@ -229,5 +230,116 @@ describe('list: pagination', () => {
     expect(response.statusCode).toBe(200);
     expect(response.json<TaskBody[]>()).toHaveLength(1);
     expect(response.headers['x-total-count']).toBe('1');
+  });
+});
+
+/** X-Total-Count of each status filter, read with limit=1 so that it comes from the counter. */
+async function totals(user: TestUser) {
+  const totalOf = async (status: string) => {
+    const response = await list(user, `?status=${status}&limit=1`);
+    expect(response.statusCode).toBe(200);
+    return Number(response.headers['x-total-count']);
+  };
+  return {
+    all: await totalOf('all'),
+    pending: await totalOf('pending'),
+    completed: await totalOf('completed'),
+  };
+}
+
+describe('list: X-Total-Count follows every change', () => {
+  it('when tasks are created, completed, reopened, toggled, edited and deleted, then each total is exact', async () => {
+    const user = await createUserAndToken();
+    const [a, b, c] = await createTitled(user, ['a', 'b', 'c']);
+    if (!a || !b || !c) throw new Error('expected three tasks');
+    expect(await totals(user)).toEqual({ all: 3, pending: 3, completed: 0 });
+
+    await complete(user, a);
+    await complete(user, b);
+    expect(await totals(user)).toEqual({ all: 3, pending: 1, completed: 2 });
+
+    // Setting a completed task completed again changes nothing.
+    await complete(user, a);
+    expect(await totals(user)).toEqual({ all: 3, pending: 1, completed: 2 });
+
+    const toggled = await ctx.app.inject({
+      method: 'PATCH',
+      url: `/api/tasks/${b.id}/complete`,
+      headers: user.headers,
+    });
+    expect(toggled.json<TaskBody>().completed).toBe(false);
+    expect(await totals(user)).toEqual({ all: 3, pending: 2, completed: 1 });
+
+    const reopened = await ctx.app.inject({
+      method: 'PUT',
+      url: `/api/tasks/${a.id}`,
+      headers: user.headers,
+      payload: { completed: false, title: 'a, renamed' },
+    });
+    expect(reopened.statusCode).toBe(200);
+    expect(await totals(user)).toEqual({ all: 3, pending: 3, completed: 0 });
+
+    await complete(user, c);
+    const deleted = await ctx.app.inject({
+      method: 'DELETE',
+      url: `/api/tasks/${c.id}`,
+      headers: user.headers,
+    });
+    expect(deleted.statusCode).toBe(204);
+    expect(await totals(user)).toEqual({ all: 2, pending: 2, completed: 0 });
+  });
+
+  it('when another user changes their tasks, then this user’s totals do not move', async () => {
+    const user = await createUserAndToken();
+    const other = await createUserAndToken();
+    await createTitled(user, ['mine']);
+    const [theirs] = await createTitled(other, ['theirs', 'theirs too']);
+    if (!theirs) throw new Error('expected a task');
+    await complete(other, theirs);
+    expect(await totals(user)).toEqual({ all: 1, pending: 1, completed: 0 });
+    expect(await totals(other)).toEqual({ all: 2, pending: 1, completed: 1 });
+  });
+
+  it('when 30 tasks are created and 10 deleted at once, then the total is exactly 20', async () => {
+    const user = await createUserAndToken();
+    const created = await Promise.all(
+      Array.from({ length: 30 }, (_, i) => createTask(ctx.app, user, { title: `t${i}` })),
+    );
+    await Promise.all(
+      created
+        .slice(0, 10)
+        .map((task) =>
+          ctx.app.inject({ method: 'DELETE', url: `/api/tasks/${task.id}`, headers: user.headers }),
+        ),
+    );
+    expect(await totals(user)).toEqual({ all: 20, pending: 20, completed: 0 });
+    expect(await listTasks(user)).toHaveLength(20);
+  });
+
+  it('when tasks are written straight into the table, then the totals count them too', async () => {
+    const user = await createUserAndToken();
+    await createTitled(user, ['through the API']);
+    // A bulk load by an operator, bypassing the API: one statement, 500 rows.
+    await ctx.database.handle.db.insert(taskTable).values(
+      Array.from({ length: 500 }, (_, i) => ({
+        userId: user.id,
+        title: `bulk ${i}`,
+        completed: i % 5 === 0,
+      })),
+    );
+    expect(await totals(user)).toEqual({ all: 501, pending: 401, completed: 100 });
+  });
+});
+
+describe('list: counters and account deletion', () => {
+  it('when a user with tasks is deleted, then their tasks and their counter row go with them', async () => {
+    const user = await createUserAndToken();
+    const [task] = await createTitled(user, ['one', 'two']);
+    if (!task) throw new Error('expected a task');
+    await complete(user, task);
+    const { db } = ctx.database.handle;
+    await db.delete(userTable).where(eq(userTable.id, user.id));
+    expect(await db.select().from(taskTable).where(eq(taskTable.userId, user.id))).toEqual([]);
+    expect(await db.select().from(taskCount).where(eq(taskCount.userId, user.id))).toEqual([]);
   });
 });
