@@ -59,6 +59,7 @@ const USAGE = `npm run bench -- [options]
   --open-connections <n>  connections of the 1 000-connection scenarios (default 1000)
   --open-rate <n>         offered req/s of the open-loop scenario (default 2000)
   --pool <n>              DATABASE_POOL_MAX of the service and pool size of the reference (default 10)
+  --workers <n>           WEB_CONCURRENCY of the service, with the local Redis when above 1 (default 1)
   --only <ids>            comma-separated subset of: ${SCENARIOS.join(', ')}
   --log-file <path>       where the service's log lines go (default /dev/null)
   --database-url <url>    PostgreSQL server to create the scratch database on
@@ -81,6 +82,7 @@ function parseOptions(argv: string[]) {
       'open-connections': { type: 'string' },
       'open-rate': { type: 'string' },
       pool: { type: 'string' },
+      workers: { type: 'string' },
       only: { type: 'string' },
       'log-file': { type: 'string' },
       'database-url': { type: 'string' },
@@ -109,6 +111,13 @@ function parseOptions(argv: string[]) {
       process.exit(2);
     }
   }
+  const workers = count('workers', values.workers, 1);
+  if (workers > 1 && values.pglite) {
+    process.stderr.write(
+      'bench: --workers above 1 needs PostgreSQL (PGlite is one process only)\n',
+    );
+    process.exit(2);
+  }
   return {
     quick: values.quick,
     duration: count('duration', values.duration, values.quick ? 4 : 10),
@@ -120,6 +129,7 @@ function parseOptions(argv: string[]) {
     openConnections: count('open-connections', values['open-connections'], 1000),
     openRate: count('open-rate', values['open-rate'], 2000),
     pool: count('pool', values.pool, 10),
+    workers,
     only: new Set(only as ScenarioId[]),
     logFile: values['log-file'] ?? '/dev/null',
     adminUrl:
@@ -260,6 +270,7 @@ async function main(options: Options) {
       port: await freePort(),
       logPath: options.logFile,
       poolMax: options.kind === 'postgres' ? options.pool : undefined,
+      workers: options.workers,
       cpuProfileDir: options.profile ? `${RESULTS_DIR}profiles` : undefined,
     });
     servers.push(service);

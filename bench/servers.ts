@@ -49,7 +49,10 @@ function childPids(pid: number): number[] {
     return readdirSync(`/proc/${pid}/task`).flatMap((tid) => {
       try {
         const children = readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8');
-        return children.split(' ').filter((child) => child.trim() !== '').map(Number);
+        return children
+          .split(' ')
+          .filter((child) => child.trim() !== '')
+          .map(Number);
       } catch {
         return [];
       }
@@ -246,7 +249,7 @@ async function waitForAllWorkers(server: RunningServer, logPath: string, fromByt
   while (Date.now() < deadline) {
     const fd = openSync(logPath, 'r');
     try {
-      for (let read = readSync(fd, buffer, 0, buffer.length, offset); read > 0; ) {
+      for (let read = readSync(fd, buffer, 0, buffer.length, offset); read > 0;) {
         offset += read;
         text = (text + buffer.toString('utf8', 0, read)).slice(-128 * 1024);
         read = readSync(fd, buffer, 0, buffer.length, offset);
@@ -255,7 +258,8 @@ async function waitForAllWorkers(server: RunningServer, logPath: string, fromByt
       closeSync(fd);
     }
     if (text.includes('"msg":"Todo API ready')) return;
-    if (rssMb(server.pid) === undefined) throw new Error('service: exited before every worker was ready');
+    if (rssMb(server.pid) === undefined)
+      throw new Error('service: exited before every worker was ready');
     await sleep(250);
   }
   throw new Error(`service: not every worker ready after ${READY_TIMEOUT_MS / 1000} s`);
