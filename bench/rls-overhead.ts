@@ -1,7 +1,8 @@
 /**
- * What the second wall costs: 2 000 list queries for one user through the tasks repository
- * (a transaction as `todo_app` with app.user_id set, then the query) against the same query
- * sent bare on the pool as the connection user.
+ * What the second wall costs at the database: 2 000 list requests' worth of SQL for one user
+ * through the tasks repository (one message: the role and app.user_id settings, the page,
+ * the total) against the same statements sent bare as the connection user, and against the
+ * three-round-trip transaction the service used before.
  *
  *   DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres npx tsx bench/rls-overhead.ts
  *
@@ -10,10 +11,11 @@
  */
 import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
-import { desc, eq, sql } from 'drizzle-orm';
+import { desc, eq } from 'drizzle-orm';
 import pg from 'pg';
 import { createDatabase } from '../src/db/client.js';
 import { task, user } from '../src/db/schema.js';
+import { withUser } from '../src/db/with-user.js';
 import { createTasksRepository } from '../src/tasks/tasks.repository.js';
 import { LIST_CAP } from '../src/tasks/tasks.schemas.js';
 
@@ -57,32 +59,25 @@ try {
     .insert(task)
     .values(Array.from({ length: TASKS }, (_, i) => ({ userId, title: `Task ${i}` })));
 
-  const repository = createTasksRepository(db);
+  const repository = createTasksRepository(handle);
   const query = { status: 'all', sort: 'created', offset: 0 } as const;
+  const statements = repository.listStatements(userId, query);
   const variants: Record<string, () => Promise<unknown>> = {
-    // Today's path: BEGIN; set_config(role, app.user_id); SELECT; COMMIT.
-    'withUser (RLS)': () => repository.list(userId, query),
-    // The same SELECT alone, as the (superuser) connection user: no transaction, no RLS.
-    'bare query': () =>
-      db
-        .select()
-        .from(task)
-        .where(eq(task.userId, userId))
-        .orderBy(desc(task.createdAt), desc(task.id))
-        .limit(LIST_CAP)
-        .offset(0),
-    // A transaction with app.user_id but no role switch: isolates the policy's own cost.
-    'transaction only': () =>
-      db.transaction(async (tx) => {
-        await tx.execute(sql`select set_config('app.user_id', ${userId}, true)`);
-        return tx
+    // The service's path: one message with the role and user settings, the page and the total.
+    'as the user (RLS)': () => repository.list(userId, query),
+    // The same two statements in one message as the (superuser) connection user: no RLS.
+    'bare query': () => handle.runScript(statements.join(';\n')),
+    // What the service did before: BEGIN and the settings, the page, COMMIT (three round trips).
+    'transaction (old)': () =>
+      withUser(db, userId, (tx) =>
+        tx
           .select()
           .from(task)
           .where(eq(task.userId, userId))
           .orderBy(desc(task.createdAt), desc(task.id))
           .limit(LIST_CAP)
-          .offset(0);
-      }),
+          .offset(0),
+      ),
   };
 
   const timings = new Map<string, number[]>(Object.keys(variants).map((key) => [key, []]));
