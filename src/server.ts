@@ -102,7 +102,11 @@ function startPrimary(config: Config) {
 async function serve(config: Config, isWorker: boolean) {
   let app: FastifyInstance;
   try {
-    app = await buildApp(config);
+    // Workers share the primary's stdout: a line must reach it in one write(2) (atomic on a
+    // pipe up to 4 KiB), so they log synchronously; asynchronous writes batch lines and a
+    // batch from one worker could interleave with another's.
+    const logStream = isWorker ? pino.destination({ dest: 1, sync: true }) : undefined;
+    app = await buildApp(config, logStream ? { logStream } : {});
   } catch (error) {
     fail(describeStartupError(error, config));
   }
