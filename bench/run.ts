@@ -26,6 +26,7 @@ import {
   WRITERS,
 } from './fixtures.js';
 import { type LoadSpec, runLoad } from './load.js';
+import { type BenchPgBouncer, startPgBouncer } from './pgbouncer.js';
 import {
   checkTargets,
   formatRatio,
@@ -42,7 +43,7 @@ import { freePort, type RunningServer, startReference, startService } from './se
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const RESULTS_DIR = fileURLToPath(new URL('./results/', import.meta.url));
-const SCENARIOS = ['list20', 'create', 'toggle', 'mix', 'open', 'closed', 'page50'] as const;
+const SCENARIOS = ['list20', 'create', 'rls', 'toggle', 'mix', 'open', 'closed', 'page50'] as const;
 type ScenarioId = (typeof SCENARIOS)[number];
 /** Load before measuring in the 1 000-connection scenarios: connecting is not serving. */
 const RAMP_UP_SECONDS = 2;
@@ -60,6 +61,8 @@ const USAGE = `npm run bench -- [options]
   --open-rate <n>         offered req/s of the open-loop scenario (default 2000)
   --pool <n>              DATABASE_POOL_MAX of the service and pool size of the reference (default 10)
   --workers <n>           WEB_CONCURRENCY of the service, with the local Redis when above 1 (default 1)
+  --pgbouncer             the service reaches PostgreSQL through a private PgBouncer in transaction
+                          pooling mode (--pool server connections), as on Neon's pooled endpoint
   --only <ids>            comma-separated subset of: ${SCENARIOS.join(', ')}
   --log-file <path>       where the service's log lines go (default /dev/null)
   --database-url <url>    PostgreSQL server to create the scratch database on
@@ -82,6 +85,7 @@ function parseOptions(argv: string[]) {
       'open-connections': { type: 'string' },
       'open-rate': { type: 'string' },
       pool: { type: 'string' },
+      pgbouncer: { type: 'boolean', default: false },
       workers: { type: 'string' },
       only: { type: 'string' },
       'log-file': { type: 'string' },
@@ -118,6 +122,10 @@ function parseOptions(argv: string[]) {
     );
     process.exit(2);
   }
+  if (values.pgbouncer && values.pglite) {
+    process.stderr.write('bench: --pgbouncer needs PostgreSQL\n');
+    process.exit(2);
+  }
   return {
     quick: values.quick,
     duration: count('duration', values.duration, values.quick ? 4 : 10),
@@ -130,6 +138,7 @@ function parseOptions(argv: string[]) {
     openRate: count('open-rate', values['open-rate'], 2000),
     pool: count('pool', values.pool, 10),
     workers,
+    pgbouncer: values.pgbouncer,
     only: new Set(only as ScenarioId[]),
     logFile: values['log-file'] ?? '/dev/null',
     adminUrl:
@@ -220,10 +229,16 @@ async function main(options: Options) {
   let soak: SoakRecord | null = null;
   const servers: RunningServer[] = [];
   let database: BenchDatabase | undefined;
+  let bouncer: BenchPgBouncer | undefined;
   let cleaned: Promise<void> | undefined;
   const cleanUp = () => {
     cleaned ??= (async () => {
       for (const server of servers.splice(0)) await server.stop().catch(() => undefined);
+      if (bouncer) {
+        await bouncer
+          .stop()
+          .catch((error: unknown) => say(`bench: pgbouncer stop failed: ${String(error)}`));
+      }
       if (database) {
         say('bench: dropping the scratch database');
         await database
@@ -257,14 +272,22 @@ async function main(options: Options) {
     const seedStarted = performance.now();
     const writerTasks = await migrateAndSeed(database);
     say(`bench: seeded in ${((performance.now() - seedStarted) / 1000).toFixed(1)} s`);
+    // Seeding went straight to the server; the service goes through the bouncer. The
+    // reference stays direct: its named prepared statements need a session of their own.
+    if (options.pgbouncer) {
+      bouncer = await startPgBouncer(options.adminUrl, options.pool);
+      say(`bench: the service reaches PostgreSQL through PgBouncer (transaction pooling)`);
+    }
+    const serviceDatabaseUrl =
+      bouncer && database.url !== undefined ? bouncer.urlFor(database.url) : database.url;
 
     const secret = randomBytes(32).toString('base64url');
     const lifetime = 7200 + (options.soak ? options.soakDuration : 0);
     const population = createPopulation(secret, lifetime, writerTasks);
     const plans = requestPlans(population);
 
-    const service = await startService({
-      databaseUrl: database.url,
+    const serviceOptions = {
+      databaseUrl: serviceDatabaseUrl,
       pgliteDir: database.pgliteDir,
       secret,
       port: await freePort(),
@@ -272,7 +295,8 @@ async function main(options: Options) {
       poolMax: options.kind === 'postgres' ? options.pool : undefined,
       workers: options.workers,
       cpuProfileDir: options.profile ? `${RESULTS_DIR}profiles` : undefined,
-    });
+    };
+    const service = await startService(serviceOptions);
     servers.push(service);
     await smokeTest(service, population, true);
     let reference: RunningServer | undefined;
@@ -309,7 +333,9 @@ async function main(options: Options) {
     };
     await meetEveryone(service);
     const warmUp = async (server: RunningServer) => {
-      const seconds = options.quick ? 1 : 2;
+      // Long enough for the JIT: with 1 s, the first measured round of the service ran about
+      // a third slower than the second, which skewed the first service/reference pair.
+      const seconds = options.quick ? 3 : 5;
       say(`bench: warming up ${server.name} (${seconds} s list, ${seconds} s create)`);
       for (const plan of [plans.list20, plans.create]) {
         await runLoad(server, { connections: options.connections, durationSeconds: seconds, plan });
@@ -358,6 +384,26 @@ async function main(options: Options) {
     if (reference) {
       await reference.stop();
       servers.splice(servers.indexOf(reference), 1);
+    }
+
+    // What row-level security costs: list 20 on the same build with it off, alternated.
+    if (options.only.has('rls') && options.kind === 'postgres' && options.workers === 1) {
+      const withoutRls = await startService({
+        ...serviceOptions,
+        port: await freePort(),
+        cpuProfileDir: undefined,
+        withoutRowLevelSecurity: true,
+      });
+      servers.push(withoutRls);
+      await smokeTest(withoutRls, population, false);
+      await meetEveryone(withoutRls);
+      await warmUp(withoutRls);
+      for (let round = 0; round < 2; round++) {
+        await measure('rls', 'list 20', 'service', service, closedLoop(plans.list20));
+        await measure('rls', 'list 20', 'no RLS', withoutRls, closedLoop(plans.list20));
+      }
+      await withoutRls.stop();
+      servers.splice(servers.indexOf(withoutRls), 1);
     }
 
     if (options.only.has('toggle')) {
@@ -417,9 +463,13 @@ async function main(options: Options) {
     )
       .filter(([id]) => records.some((record) => record.id === id))
       .map(([id, name]) => throughputRatio(records, id, name));
+    const rlsRatio = records.some((record) => record.id === 'rls')
+      ? throughputRatio(records, 'rls', 'list 20 service/no RLS', 'no RLS')
+      : null;
     const targets = checkTargets({
       records,
       ratios,
+      rlsRatio,
       pageRatio,
       soak,
       databaseKind: options.kind,
@@ -433,6 +483,7 @@ async function main(options: Options) {
       formatTable(records),
       '',
       ...ratios.map(formatRatio),
+      ...(rlsRatio ? [formatRatio(rlsRatio)] : []),
       ...(pageRatio === null
         ? []
         : [`page 50, 100k-task user / 20-task user (p50): ${pageRatio.toFixed(2)}`]),

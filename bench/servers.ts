@@ -168,6 +168,11 @@ export interface ServiceOptions {
   workers?: number | undefined;
   /** A directory for a V8 CPU profile of the service (`node --cpu-prof`), written on exit. */
   cpuProfileDir?: string | undefined;
+  /**
+   * The same build with row-level security off (bench/no-rls-server.ts), as the yardstick of
+   * what it costs; one process.
+   */
+  withoutRowLevelSecurity?: boolean | undefined;
 }
 
 /**
@@ -205,11 +210,14 @@ export function startService(options: ServiceOptions): Promise<RunningServer> {
       : undefined;
   const logPath = scratchLog ?? options.logPath;
   const logStart = fileSize(logPath);
+  const entry = options.withoutRowLevelSecurity
+    ? ['--import', import.meta.resolve('tsx'), join(ROOT, 'bench', 'no-rls-server.ts')]
+    : [join(ROOT, 'dist', 'server.js')];
   const service = startProcess({
-    name: 'service',
+    name: options.withoutRowLevelSecurity ? 'service without RLS' : 'service',
     args: [
       ...(options.cpuProfileDir ? ['--cpu-prof', `--cpu-prof-dir=${options.cpuProfileDir}`] : []),
-      join(ROOT, 'dist', 'server.js'),
+      ...entry,
     ],
     env,
     port: options.port,

@@ -49,6 +49,13 @@ export interface TasksRepositoryOptions {
    * still confines every route. Setting it anywhere else removes the first of two walls.
    */
   unsafeOmitOwnerFilter?: boolean;
+  /**
+   * BENCHMARK ONLY — never set by the service (no configuration reaches it). Sends the routes'
+   * statements as the connection user, without the role and user settings, so that
+   * `npm run bench` can measure what row-level security costs against the same build with it
+   * off (bench/no-rls-server.ts). The repository's own owner filter still applies.
+   */
+  unsafeSkipRowLevelSecurity?: boolean;
 }
 
 /**
@@ -130,7 +137,10 @@ export function createTasksRepository(
   const ownedBy = (userId: string) => (ownerFilter ? `user_id = ${textLiteral(userId)}` : 'true');
   const owned = (userId: string, id: number) => `${ownedBy(userId)} and id = ${integerLiteral(id)}`;
 
-  const run = (userId: string, statements: string[]) => runAsUser(database, userId, statements);
+  const run = (userId: string, statements: string[]) =>
+    options.unsafeSkipRowLevelSecurity === true
+      ? database.runScript(statements.join(';\n'))
+      : runAsUser(database, userId, statements);
 
   async function insertTask(tx: Transaction, userId: string, input: NewTask): Promise<TaskRow> {
     const [row] = await tx
