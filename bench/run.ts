@@ -65,6 +65,7 @@ const USAGE = `npm run bench -- [options]
                           pooling mode (--pool server connections), as on Neon's pooled endpoint
   --only <ids>            comma-separated subset of: ${SCENARIOS.join(', ')}
   --log-file <path>       where the service's log lines go (default /dev/null)
+  --env <NAME=value>      extra environment of the service, e.g. --env LOG_LEVEL=warn (repeatable)
   --database-url <url>    PostgreSQL server to create the scratch database on
                           (default $BENCH_DATABASE_URL or postgres://postgres@127.0.0.1:5432/postgres)
   --no-build              skip npm run build (dist/ must be current)
@@ -89,6 +90,7 @@ function parseOptions(argv: string[]) {
       workers: { type: 'string' },
       only: { type: 'string' },
       'log-file': { type: 'string' },
+      env: { type: 'string', multiple: true },
       'database-url': { type: 'string' },
       'no-build': { type: 'boolean', default: false },
       profile: { type: 'boolean', default: false },
@@ -141,6 +143,16 @@ function parseOptions(argv: string[]) {
     pgbouncer: values.pgbouncer,
     only: new Set(only as ScenarioId[]),
     logFile: values['log-file'] ?? '/dev/null',
+    serviceEnv: Object.fromEntries(
+      (values.env ?? []).map((pair) => {
+        const equals = pair.indexOf('=');
+        if (equals < 1) {
+          process.stderr.write(`bench: --env takes NAME=value, not "${pair}"\n`);
+          process.exit(2);
+        }
+        return [pair.slice(0, equals), pair.slice(equals + 1)];
+      }),
+    ),
     adminUrl:
       values['database-url'] ??
       process.env.BENCH_DATABASE_URL ??
@@ -292,6 +304,7 @@ async function main(options: Options) {
       secret,
       port: await freePort(),
       logPath: options.logFile,
+      extraEnv: options.serviceEnv,
       poolMax: options.kind === 'postgres' ? options.pool : undefined,
       workers: options.workers,
       cpuProfileDir: options.profile ? `${RESULTS_DIR}profiles` : undefined,

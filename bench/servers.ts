@@ -163,6 +163,8 @@ export interface ServiceOptions {
   secret: string;
   port: number;
   logPath: string;
+  /** Extra environment of the service (`--env`), applied last: what-if runs. */
+  extraEnv?: Record<string, string> | undefined;
   poolMax: number | undefined;
   /** WEB_CONCURRENCY: above 1, a node:cluster primary and this many workers (default 1). */
   workers?: number | undefined;
@@ -192,6 +194,7 @@ export function startService(options: ServiceOptions): Promise<RunningServer> {
     RATE_LIMIT_IP_PER_MINUTE: '1000000',
     RATE_LIMIT_AUTH_PER_MINUTE: '1000000',
   };
+  Object.assign(env, options.extraEnv);
   if (options.databaseUrl) env.DATABASE_URL = options.databaseUrl;
   if (options.pgliteDir) env.PGLITE_DIR = options.pgliteDir;
   if (options.poolMax !== undefined) env.DATABASE_POOL_MAX = String(options.poolMax);

@@ -343,3 +343,24 @@ describe('list: counters and account deletion', () => {
     expect(await db.select().from(taskCount).where(eq(taskCount.userId, user.id))).toEqual([]);
   });
 });
+
+describe('list: the cap without limit', () => {
+  it('when a user has more tasks than the cap and lists without limit, then 1000 come back with the full total', async () => {
+    const user = await createUserAndToken();
+    await createTitled(user, ['through the API']);
+    await ctx.database.handle.db
+      .insert(taskTable)
+      .values(Array.from({ length: 1004 }, (_, i) => ({ userId: user.id, title: `bulk ${i}` })));
+    const response = await list(user);
+    expect(response.json<TaskBody[]>()).toHaveLength(1000);
+    expect(response.headers['x-total-count']).toBe('1005');
+
+    const past = await list(user, '?offset=2000');
+    expect(past.json<TaskBody[]>()).toEqual([]);
+    expect(past.headers['x-total-count']).toBe('1005');
+
+    const tail = await list(user, '?offset=1000');
+    expect(tail.json<TaskBody[]>()).toHaveLength(5);
+    expect(tail.headers['x-total-count']).toBe('1005');
+  });
+});
