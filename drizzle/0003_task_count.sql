@@ -69,24 +69,4 @@ ALTER TABLE "task_count" FORCE ROW LEVEL SECURITY;--> statement-breakpoint
 CREATE POLICY "task_count_owner" ON "task_count" AS PERMISSIVE FOR ALL TO PUBLIC
   USING ("user_id" = current_setting('app.user_id', true))
   WITH CHECK ("user_id" = current_setting('app.user_id', true));--> statement-breakpoint
-GRANT SELECT, INSERT, UPDATE ON TABLE "task_count" TO todo_app;--> statement-breakpoint
--- A task as the API answers it (SPEC §5), built by the database: a list is then one text
--- value per row for the service to join, with no row decoding, Date objects or serializer
--- on its side. The composite type names and orders the fields; timestamps are ISO 8601 in
--- UTC with milliseconds and `Z`, as JavaScript's toISOString writes them.
-CREATE TYPE "task_json_fields" AS (
-  "id" bigint,
-  "user_id" text,
-  "title" text,
-  "description" text,
-  "completed" boolean,
-  "created_at" text,
-  "updated_at" text
-);--> statement-breakpoint
-CREATE FUNCTION "task_json"("t" "task") RETURNS text LANGUAGE sql STABLE PARALLEL SAFE AS $$
-  SELECT row_to_json(ROW(
-    t."id", t."user_id", t."title", t."description", t."completed",
-    to_char(t."created_at" AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
-    to_char(t."updated_at" AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
-  )::"task_json_fields")::text
-$$;
+GRANT SELECT, INSERT, UPDATE ON TABLE "task_count" TO todo_app;

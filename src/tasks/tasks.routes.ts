@@ -38,10 +38,9 @@ export function toTaskJson(row: TaskRow): TaskJson {
 }
 
 /**
- * Sends JSON text the database wrote (a task's shape is defined once, by migration 0003's
- * `task_json`): Fastify passes a string with a JSON content type through as it is, without
- * the route's serializer. The response schemas still document it in OpenAPI, and the tests
- * hold every field to them.
+ * Sends JSON text the repository wrote (taskJson): Fastify passes a string with a JSON
+ * content type through as it is, without the route's serializer. The response schemas still
+ * document it in OpenAPI, and the tests hold every field to them.
  */
 function sendJson(reply: FastifyReply, json: string): FastifyReply {
   return reply.type('application/json; charset=utf-8').send(json);

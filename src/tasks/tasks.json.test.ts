@@ -1,0 +1,155 @@
+import { sql } from 'drizzle-orm';
+import fc from 'fast-check';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  createTask,
+  createUserAndToken,
+  startTestApp,
+  type TaskBody,
+  type TestContext,
+  type TestUser,
+} from '../../test/helpers.js';
+import { task as taskTable } from '../db/schema.js';
+import { isoTime, taskJson } from './tasks.repository.js';
+import { taskResponse } from './tasks.schemas.js';
+
+/**
+ * The routes send JSON the repository writes by hand from the row (taskJson), not through a
+ * serializer: every field must still be exactly what the contract says.
+ */
+let ctx: TestContext;
+beforeAll(async () => {
+  ctx = await startTestApp();
+});
+afterAll(() => ctx.close());
+
+async function getTask(user: TestUser, id: number) {
+  const response = await ctx.app.inject({ url: `/api/tasks/${id}`, headers: user.headers });
+  expect(response.statusCode).toBe(200);
+  expect(response.headers['content-type']).toBe('application/json; charset=utf-8');
+  return response.json<TaskBody>();
+}
+
+/** A task stored with the given timestamp, straight into the table. */
+async function storedAt(user: TestUser, timestamp: string): Promise<number> {
+  await createTask(ctx.app, user); // the user row
+  const [row] = await ctx.database.handle.db
+    .insert(taskTable)
+    .values({
+      userId: user.id,
+      title: 'timed',
+      createdAt: sql`${timestamp}::timestamptz`,
+      updatedAt: sql`${timestamp}::timestamptz`,
+    })
+    .returning({ id: taskTable.id });
+  if (!row) throw new Error('no row');
+  return row.id;
+}
+
+describe('task JSON', () => {
+  it('when titles and descriptions hold quotes, backslashes, control characters and emoji, then they come back unchanged', async () => {
+    const user = await createUserAndToken();
+    const title = 'He said "hi" \\ o/ \t tab\nnewline \u0001 \u2028 😀 <b>&amp;</b>';
+    const description = 'C:\\path\\to "file" \r\n end';
+    const created = await createTask(ctx.app, user, { title, description });
+    expect(created.title).toBe(title.trim());
+    expect(created.description).toBe(description);
+    const fetched = await getTask(user, created.id);
+    expect(fetched).toEqual(created);
+    expect(taskResponse.parse(fetched)).toEqual(fetched);
+  });
+
+  it('when a task is answered, then its fields come in the contract order with the right types', async () => {
+    const user = await createUserAndToken();
+    const created = await createTask(ctx.app, user, { title: 'Order' });
+    const response = await ctx.app.inject({
+      url: `/api/tasks/${created.id}`,
+      headers: user.headers,
+    });
+    expect(Object.keys(response.json<TaskBody>())).toEqual([
+      'id',
+      'user_id',
+      'title',
+      'description',
+      'completed',
+      'created_at',
+      'updated_at',
+    ]);
+    expect(response.json<TaskBody>()).toMatchObject({ description: null, completed: false });
+    expect(typeof created.id).toBe('number');
+  });
+
+  it('when a timestamp has microseconds, then it is answered truncated to milliseconds with Z', async () => {
+    const user = await createUserAndToken();
+    const id = await storedAt(user, '2026-01-02 03:04:05.999999+00');
+    const fetched = await getTask(user, id);
+    expect(fetched.created_at).toBe('2026-01-02T03:04:05.999Z');
+    expect(fetched.updated_at).toBe('2026-01-02T03:04:05.999Z');
+  });
+
+  it('when a timestamp is on a whole second, or in another zone, then it is answered in UTC with .000', async () => {
+    const user = await createUserAndToken();
+    const whole = await getTask(user, await storedAt(user, '1999-12-31 23:59:59+00'));
+    expect(whole.created_at).toBe('1999-12-31T23:59:59.000Z');
+    const zoned = await getTask(user, await storedAt(user, '2026-06-30 22:30:00.5-02'));
+    expect(zoned.created_at).toBe('2026-07-01T00:30:00.500Z');
+  });
+
+  it('when a task is created, then its timestamps are the database values as toISOString writes them', async () => {
+    const user = await createUserAndToken();
+    const created = await createTask(ctx.app, user);
+    const result = await ctx.database.handle.db.execute(
+      sql`select to_char(created_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') as iso from task where id = ${created.id}`,
+    );
+    const rows: unknown =
+      typeof result === 'object' && result !== null ? Reflect.get(result, 'rows') : undefined;
+    expect(rows).toEqual([{ iso: created.created_at }]);
+    expect(created.updated_at).toBe(created.created_at);
+  });
+
+  it('when a row is malformed, then taskJson refuses it rather than answer broken JSON', () => {
+    const row = {
+      id_text: '1',
+      user_id: 'u',
+      title: 't',
+      description: null,
+      completed: false,
+      created_ms: 0,
+      updated_ms: 0,
+    };
+    expect(JSON.parse(taskJson(row))).toEqual({
+      id: 1,
+      user_id: 'u',
+      title: 't',
+      description: null,
+      completed: false,
+      created_at: '1970-01-01T00:00:00.000Z',
+      updated_at: '1970-01-01T00:00:00.000Z',
+    });
+    expect(() => taskJson({ ...row, id_text: '1, "x": 2' })).toThrow();
+    expect(() => taskJson({ ...row, completed: 'true' })).toThrow();
+    expect(() => taskJson({ ...row, title: 5 })).toThrow();
+    expect(() => taskJson({ ...row, created_ms: '0' })).toThrow();
+  });
+});
+
+describe('isoTime', () => {
+  it('when given any millisecond from 1970 to 9999 (and beyond), then it writes what toISOString writes', () => {
+    fc.assert(
+      fc.property(fc.integer({ min: -62_135_596_800_000, max: 8_640_000_000_000_000 }), (ms) => {
+        expect(isoTime(ms)).toBe(new Date(ms).toISOString());
+      }),
+      { numRuns: 20_000 },
+    );
+    for (const ms of [
+      0, 951_782_400_000, 4_107_542_399_999, 253_402_300_799_999, 1_796_150_355_639,
+    ]) {
+      expect(isoTime(ms)).toBe(new Date(ms).toISOString());
+    }
+  });
+
+  it('when given a fraction or a string, then it refuses', () => {
+    expect(() => isoTime(1.5)).toThrow();
+    expect(() => isoTime('0')).toThrow();
+  });
+});
