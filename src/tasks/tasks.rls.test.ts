@@ -11,10 +11,10 @@ import {
   testConfig,
 } from '../../test/helpers.js';
 import { buildApp } from '../app.js';
-import { createDatabase, type Database } from '../db/client.js';
+import { createDatabase, type Database, type DatabaseHandle } from '../db/client.js';
 import { sqlState } from '../db/errors.js';
 import { idempotencyKey, task, user } from '../db/schema.js';
-import { APP_ROLE, type Transaction, withUser } from '../db/with-user.js';
+import { APP_ROLE, runAsUser, textLiteral, type Transaction, withUser } from '../db/with-user.js';
 
 /**
  * Row-level security as the second wall: an app whose repository has lost its own
@@ -331,6 +331,58 @@ describe('the database role and policies', () => {
     } finally {
       if (single !== database.handle) await single.close();
     }
+  });
+});
+
+describe('one-message statements (runAsUser)', () => {
+  /** One connection, so the checks run where the message ran. */
+  async function withSingleConnection(check: (single: DatabaseHandle) => Promise<void>) {
+    const single = database.url
+      ? createDatabase({ kind: 'postgres', url: database.url, poolMax: 1 }, () => undefined)
+      : database.handle;
+    try {
+      await check(single);
+    } finally {
+      if (single !== database.handle) await single.close();
+    }
+  }
+  const session =
+    "select current_user as user, coalesce(current_setting('app.user_id', true), '') as setting";
+
+  it('when a runAsUser message ends, then its connection is back to its own role and no user', async () => {
+    await withSingleConnection(async (single) => {
+      const [before] = await single.runScript(session);
+      expect(before).not.toEqual([expect.objectContaining({ user: APP_ROLE })]);
+      const [inside] = await runAsUser(single, 'someone', [session]);
+      expect(inside).toEqual([{ user: APP_ROLE, setting: 'someone' }]);
+      expect((await single.runScript(session))[0]).toEqual(before);
+    });
+  });
+
+  it('when a statement of the message fails, then nothing of it stays: no row, no role, no user', async () => {
+    const { bob } = await twoUsers();
+    await withSingleConnection(async (single) => {
+      const [before] = await single.runScript(session);
+      await expect(
+        runAsUser(single, bob.id, [
+          `insert into task (user_id, title) values (${textLiteral(bob.id)}, 'half done')`,
+          'select 1 / 0',
+        ]),
+      ).rejects.toThrow(/division by zero/);
+      expect((await single.runScript(session))[0]).toEqual(before);
+    });
+    const rows = await db.select().from(task).where(eq(task.userId, bob.id));
+    expect(rows.map((row) => row.title)).not.toContain('half done');
+  });
+
+  it('when a value carries quotes, backslashes or a statement, then it stays one literal', async () => {
+    const { bob } = await twoUsers();
+    const hostile = `x'); delete from task; select ('\\' || E'\\'' --`;
+    const [rows] = await runAsUser(database.handle, bob.id, [
+      `insert into task (user_id, title) values (${textLiteral(bob.id)}, ${textLiteral(hostile)}) returning title`,
+    ]);
+    expect(rows).toEqual([{ title: hostile }]);
+    expect(() => textLiteral('a\u0000b')).toThrow(/NUL/);
   });
 });
 
