@@ -100,7 +100,20 @@ function pooledSetupOf(db: Database): PooledSetup | undefined {
  */
 export function textLiteral(value: string): string {
   if (value.includes('\u0000')) throw new Error('a NUL character cannot be sent in SQL text');
-  return pg.escapeLiteral(value);
+  return pg.escapeLiteral(wellFormed(value));
+}
+
+/** A UTF-16 surrogate without its pair: valid in a JSON string, not in Unicode text. */
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g;
+
+/**
+ * Lone surrogates become U+FFFD, as node-postgres's UTF-8 encoding makes them on the wire
+ * anyway; PGlite's encoder instead miscounts them and cuts the message (a syntax error, a
+ * 500, found by the fuzz test). Done here, both databases store the same text.
+ */
+function wellFormed(value: string): string {
+  LONE_SURROGATE.lastIndex = 0;
+  return LONE_SURROGATE.test(value) ? value.replace(LONE_SURROGATE, '\uFFFD') : value;
 }
 
 /** A whole number as an SQL literal; anything else (NaN, 1.5, 2^60) is a programming error. */

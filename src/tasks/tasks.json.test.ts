@@ -153,3 +153,24 @@ describe('isoTime', () => {
     expect(() => isoTime('0')).toThrow();
   });
 });
+
+describe('text that is not well-formed Unicode', () => {
+  it('when a title or description holds lone surrogates, then they are stored as U+FFFD on every database', async () => {
+    const user = await createUserAndToken();
+    const created = await createTask(ctx.app, user, {
+      title: 'Z\udc00\ud800 end',
+      description: 'a\ud83d b',
+    });
+    expect(created.title).toBe('Z\ufffd\ufffd end');
+    expect(created.description).toBe('a\ufffd b');
+    const updated = await ctx.app.inject({
+      method: 'PUT',
+      url: `/api/tasks/${created.id}`,
+      // Escapes in the JSON text itself, as a client would send them.
+      headers: { ...user.headers, 'content-type': 'application/json' },
+      payload: '{"description":"Z\\u0338\\udc00\\ud800"}',
+    });
+    expect(updated.statusCode).toBe(200);
+    expect(updated.json<TaskBody>().description).toBe('Z\u0338\ufffd\ufffd');
+  });
+});
