@@ -49,7 +49,7 @@ export async function withUser<T>(
   const pooled = pooledSetupOf(db);
   if (pooled !== undefined) return pooledWithUser(pooled, userId, fn);
   return db.transaction(async (tx) => {
-    await tx.execute(sql.raw(actAsUserStatement(userId)));
+    for (const statement of actAsUserStatements(userId)) await tx.execute(sql.raw(statement));
     return fn(tx);
   });
 }
@@ -122,19 +122,21 @@ export function integerLiteral(value: number): string {
   return String(value);
 }
 
-/** The statement that makes the rest of its transaction the application role acting for `userId`. */
-export function actAsUserStatement(userId: string): string {
+/**
+ * The statements that make the rest of their transaction the application role acting for
+ * `userId`. SET LOCAL is a utility statement: no planner, no result row (about half the cost
+ * of the same settings through `select set_config(…)`, measured at the database); in the
+ * implicit transaction of a multi-statement message it lasts until the message ends.
+ */
+export function actAsUserStatements(userId: string): readonly [string, string] {
   // An empty id would match no row anyway; refusing it makes the mistake loud.
   if (userId === '') throw new Error('the user id is empty');
-  return (
-    `select set_config(${textLiteral('role')}, ${textLiteral(APP_ROLE)}, true), ` +
-    `set_config(${textLiteral(USER_SETTING)}, ${textLiteral(userId)}, true)`
-  );
+  return [`set local role ${APP_ROLE}`, `set local ${USER_SETTING} = ${textLiteral(userId)}`];
 }
 
 /** `BEGIN` and both settings in one simple-protocol message (see pooledWithUser). */
 export function beginAsUserStatement(userId: string): string {
-  return `begin; ${actAsUserStatement(userId)}`;
+  return ['begin', ...actAsUserStatements(userId)].join('; ');
 }
 
 /**
@@ -149,8 +151,9 @@ export async function runAsUser(
   userId: string,
   statements: readonly string[],
 ): Promise<ScriptRows[]> {
-  const results = await database.runScript([actAsUserStatement(userId), ...statements].join(';\n'));
-  return results.slice(1);
+  const settings = actAsUserStatements(userId);
+  const results = await database.runScript([...settings, ...statements].join(';\n'));
+  return results.slice(settings.length);
 }
 
 /**
