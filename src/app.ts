@@ -1,6 +1,5 @@
 import { randomUUID } from 'node:crypto';
 import cors from '@fastify/cors';
-import helmet from '@fastify/helmet';
 import Fastify, { type FastifyInstance, LogController } from 'fastify';
 import { pino } from 'pino';
 import { serializerCompiler, validatorCompiler } from 'fastify-type-provider-zod';
@@ -16,6 +15,7 @@ import healthRoutes from './plugins/health.routes.js';
 import { serializeError } from './plugins/log-serializers.js';
 import metricsPlugin from './plugins/metrics.js';
 import rateLimitPlugin from './plugins/rate-limit.js';
+import securityHeadersPlugin from './plugins/security-headers.js';
 import securityLogPlugin, { loggableUrl } from './plugins/security-log.js';
 import webPlugin from './plugins/web.js';
 import type { TasksRepositoryOptions } from './tasks/tasks.repository.js';
@@ -132,7 +132,7 @@ export async function buildApp(
   });
 
   await app.register(errorHandler);
-  await app.register(helmet, { global: true });
+  await app.register(securityHeadersPlugin);
   const allowAnyOrigin = config.corsOrigins.includes('*');
   await app.register(cors, {
     // Resolving to false (instead of listing origins) sends no CORS header at all to
@@ -160,7 +160,7 @@ export async function buildApp(
     // 400, outside the {"detail"} error shape; lenient, it is answered like a preflight.
     strictPreflight: false,
   });
-  // After helmet and CORS (a 429 carries their headers), before every route (their hooks
+  // After the security headers and CORS (a 429 carries them), before every route (their hooks
   // must reach all of them and the 404 handler).
   await app.register(metricsPlugin, { metrics: config.metrics });
   await app.register(rateLimitPlugin, { config });

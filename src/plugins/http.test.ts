@@ -8,6 +8,7 @@ import {
   testConfig,
 } from '../../test/helpers.js';
 import { buildApp } from '../app.js';
+import { securityHeaders } from './security-headers.js';
 
 const ALLOWED_ORIGIN = 'http://localhost:3000';
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
@@ -191,6 +192,30 @@ describe('security headers', () => {
     const response = await inject({ url: '/api/tasks/999999999', headers: user.headers });
     expect(response.statusCode).toBe(404);
     expectSecurityHeaders(response);
+  });
+
+  it("when any response is sent, then it carries every header of helmet's defaults, exactly", async () => {
+    const expected = securityHeaders();
+    // helmet 8's defaults, spelled out so that a change of them is a visible change here.
+    expect(expected).toMatchObject({
+      'strict-transport-security': 'max-age=31536000; includeSubDomains',
+      'x-frame-options': 'SAMEORIGIN',
+      'cross-origin-opener-policy': 'same-origin',
+      'cross-origin-resource-policy': 'same-origin',
+    });
+    expect(expected['content-security-policy']).toMatch(/^default-src 'self';/);
+    const user = await createUserAndToken();
+    for (const response of [
+      await inject({ url: '/api/tasks', headers: user.headers }),
+      await inject('/api/tasks'),
+      await inject('/nothing-here'),
+      await inject({ method: 'POST', url: '/api/tasks', headers: user.headers, payload: {} }),
+      await inject('/health'),
+    ]) {
+      for (const [name, value] of Object.entries(expected)) {
+        expect(response.headers[name], `${response.statusCode} ${name}`).toBe(value);
+      }
+    }
   });
 
   it('when a task list is served, then it is marked not to be cached', async () => {
