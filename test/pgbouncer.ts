@@ -8,13 +8,12 @@
  * loading the test helpers and the app behind them.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { once } from 'node:events';
 import { accessSync, chmodSync, chownSync, constants, mkdtempSync, readFileSync } from 'node:fs';
 import { rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
 import pg from 'pg';
+import { freePort } from './free-port.js';
 
 /** How long PgBouncer may take to accept a query after it was spawned. */
 const READY_LIMIT_MS = 15_000;
@@ -60,18 +59,6 @@ function localUser(name: string): { uid: number; gid: number } | undefined {
     }
   }
   return undefined;
-}
-
-/** A port that was free a moment ago. */
-async function freePort(): Promise<number> {
-  const server = createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const address = server.address();
-  server.close();
-  await once(server, 'close');
-  if (address === null || typeof address === 'string') throw new Error('no port assigned');
-  return address.port;
 }
 
 /** A value for pgbouncer.ini / the auth file: double quotes doubled, as PgBouncer reads them. */

@@ -10,14 +10,15 @@
  * AUTH_* and the rest never do. Everything else comes from the test.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { once } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { freePort } from './free-port.js';
 import { ADMIN_DATABASE_URL, createPostgresDatabase, TEST_SECRET } from './helpers.js';
+
+export { freePort };
 
 export const REPO_ROOT = fileURLToPath(new URL('..', import.meta.url));
 
@@ -32,18 +33,6 @@ const RUN_LIMIT_MS = 50_000;
 const STOP_GRACE_MS = 10_000;
 
 export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
-
-/** A port that was free a moment ago (nothing listens there until someone takes it). */
-export async function freePort(): Promise<number> {
-  const server = createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const address = server.address();
-  server.close();
-  await once(server, 'close');
-  if (address === null || typeof address === 'string') throw new Error('no port assigned');
-  return address.port;
-}
 
 /** PATH and HOME of the test runner, then `env`: nothing else of the developer's shell. */
 export function isolatedEnv(env: Record<string, string> = {}): Record<string, string> {

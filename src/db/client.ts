@@ -10,6 +10,7 @@ import { migrate as migratePglite } from 'drizzle-orm/pglite/migrator';
 import pg from 'pg';
 import type { Config } from '../config.js';
 import { isDatabaseUnavailable } from './errors.js';
+import { inPooledTransaction } from './pooled-transaction.js';
 import { schema } from './schema.js';
 import { APP_ROLE } from './with-user.js';
 
@@ -89,24 +90,10 @@ async function migratePostgres(pool: pg.Pool): Promise<void> {
   const config = { migrationsFolder: MIGRATIONS_FOLDER };
   const migrations = readMigrationFiles(config);
   const dialect = new PgDialect();
-  const client = await pool.connect();
-  let broken: Error | undefined;
-  try {
-    await client.query('begin');
+  await inPooledTransaction(pool, 'begin', async (client) => {
     await client.query('select pg_advisory_xact_lock($1)', [MIGRATION_LOCK_ID]);
     await dialect.migrate(migrations, new OpenTransactionSession(client, dialect), config);
-    await client.query('commit');
-  } catch (error) {
-    try {
-      await client.query('rollback');
-    } catch (rollbackError) {
-      // Its connection is gone: the pool must discard it, not hand it out again.
-      broken = rollbackError instanceof Error ? rollbackError : new Error(String(rollbackError));
-    }
-    throw error;
-  } finally {
-    client.release(broken);
-  }
+  });
 }
 
 /**

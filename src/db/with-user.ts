@@ -7,6 +7,7 @@ import {
 import { PgDialect, type PgQueryResultHKT, type PgTransaction } from 'drizzle-orm/pg-core';
 import pg from 'pg';
 import type { Database, DatabaseHandle, ScriptRows } from './client.js';
+import { inPooledTransaction } from './pooled-transaction.js';
 import type { schema } from './schema.js';
 
 /**
@@ -167,10 +168,7 @@ async function pooledWithUser<T>(
   userId: string,
   fn: (tx: Transaction) => Promise<T>,
 ): Promise<T> {
-  const client = await pool.connect();
-  let broken: Error | undefined;
-  try {
-    await client.query(beginAsUserStatement(userId));
+  return inPooledTransaction(pool, beginAsUserStatement(userId), (client) => {
     const session = new NodePgSession<typeof schema, Relations>(
       client,
       dialect,
@@ -182,17 +180,6 @@ async function pooledWithUser<T>(
       session,
       relations,
     );
-    const result = await fn(tx);
-    await client.query('commit');
-    return result;
-  } catch (error) {
-    try {
-      await client.query('rollback');
-    } catch (rollbackError) {
-      broken = rollbackError instanceof Error ? rollbackError : new Error(String(rollbackError));
-    }
-    throw error;
-  } finally {
-    client.release(broken);
-  }
+    return fn(tx);
+  });
 }

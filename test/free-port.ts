@@ -1,0 +1,17 @@
+import { once } from 'node:events';
+import { createServer } from 'node:net';
+
+/**
+ * A port on 127.0.0.1 that was free a moment ago (nothing listens there until someone takes
+ * it). Node built-ins only, so that the bench can use it without loading the tests or the app.
+ */
+export async function freePort(): Promise<number> {
+  const server = createServer();
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const address = server.address();
+  server.close();
+  await once(server, 'close');
+  if (address === null || typeof address === 'string') throw new Error('no port assigned');
+  return address.port;
+}
