@@ -149,7 +149,7 @@ export function checkTargets(inputs: TargetInputs): TargetCheck[] {
     target: 'row-level security <= 15 % of list throughput',
     figure:
       rls === null
-        ? 'not run (the rls scenario needs PostgreSQL)'
+        ? 'not run (scenario rls, PostgreSQL only)'
         : `${fixed((1 - rls) * 100, 1)} % (service/no RLS ${fixed(rls, 2)})`,
     met: rls === null ? null : rls >= 0.85,
   });
