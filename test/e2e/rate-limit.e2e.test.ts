@@ -115,6 +115,8 @@ describe('two instances sharing Redis, over HTTP', () => {
     expect(during).toEqual([200, 200, 200, 200, 200]);
     // A still reaches Redis and still refuses the over-budget user.
     expect((await listTasks(a, user)).status).toBe(429);
+    // Log lines are written asynchronously: wait for the line, then check it is the only one.
+    await b.waitForLogLine((line) => line.event === 'rate_limit_store' && line.up === false);
     expect(storeEvents(b)).toEqual([expect.objectContaining({ up: false, level: 50 })]);
 
     await link.open();
@@ -126,6 +128,7 @@ describe('two instances sharing Redis, over HTTP', () => {
       await sleep(200);
     }
     expect(status).toBe(429);
+    await b.waitForLogLine((line) => line.event === 'rate_limit_store' && line.up === true);
     expect(storeEvents(b)).toEqual([
       expect.objectContaining({ up: false }),
       expect.objectContaining({ up: true }),
