@@ -3,7 +3,7 @@ import { sql } from 'drizzle-orm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { signToken, startTestApp, type TestContext } from '../../test/helpers.js';
 import { task, user } from './schema.js';
-import { APP_ROLE, withUser } from './with-user.js';
+import { APP_ROLE, runAsUser, withUser } from './with-user.js';
 
 let ctx: TestContext;
 beforeAll(async () => {
@@ -62,5 +62,12 @@ describe('withUser', () => {
     const rows = await withUser(ctx.app.db, id, (tx) => tx.select().from(task));
     expect(rows).toEqual([]);
     expect(await settingsIn(id)).toEqual({ role: APP_ROLE, user_id: id });
+  });
+
+  it('when the user id is empty, then withUser and runAsUser refuse before any statement runs', async () => {
+    await expect(withUser(ctx.app.db, '', async () => 'ran')).rejects.toThrow(/user id is empty/);
+    await expect(runAsUser(ctx.database.handle, '', ['select 1'])).rejects.toThrow(
+      /user id is empty/,
+    );
   });
 });

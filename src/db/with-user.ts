@@ -46,7 +46,7 @@ export async function withUser<T>(
   userId: string,
   fn: (tx: Transaction) => Promise<T>,
 ): Promise<T> {
-  if (userId === '') throw new Error('withUser: the user id is empty');
+  // actAsUserStatements (used on both paths) refuses an empty user id.
   const pooled = pooledSetupOf(db);
   if (pooled !== undefined) return pooledWithUser(pooled, userId, fn);
   return db.transaction(async (tx) => {
@@ -113,8 +113,7 @@ const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[
  * 500, found by the fuzz test). Done here, both databases store the same text.
  */
 function wellFormed(value: string): string {
-  LONE_SURROGATE.lastIndex = 0;
-  return LONE_SURROGATE.test(value) ? value.replace(LONE_SURROGATE, '\uFFFD') : value;
+  return value.replace(LONE_SURROGATE, '\uFFFD');
 }
 
 /** A whole number as an SQL literal; anything else (NaN, 1.5, 2^60) is a programming error. */
