@@ -117,15 +117,17 @@ async function verifyAppRole(db: Database): Promise<void> {
   }
 }
 
+/** The rows of one statement's result, from either driver (both answer `{ rows }`). */
+export function rowsOf(result: unknown): ScriptRows {
+  const rows: unknown =
+    typeof result === 'object' && result !== null ? Reflect.get(result, 'rows') : undefined;
+  if (!Array.isArray(rows)) throw new Error('the database answered a statement without rows');
+  return rows;
+}
+
 /** The rows of each statement from a driver's answer to a multi-statement script. */
 function rowsOfEach(answer: unknown): ScriptRows[] {
-  const results = Array.isArray(answer) ? answer : [answer];
-  return results.map((result: unknown) => {
-    const rows: unknown =
-      typeof result === 'object' && result !== null ? Reflect.get(result, 'rows') : undefined;
-    if (!Array.isArray(rows)) throw new Error('the database answered a statement without rows');
-    return rows;
-  });
+  return (Array.isArray(answer) ? answer : [answer]).map(rowsOf);
 }
 
 export function createDatabase(

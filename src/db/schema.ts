@@ -203,5 +203,3 @@ export const schema = {
   idempotencyKey,
   taskCount,
 };
-
-export type TaskRow = typeof task.$inferSelect;

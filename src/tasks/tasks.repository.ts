@@ -1,13 +1,7 @@
 import { and, eq, sql } from 'drizzle-orm';
-import type { DatabaseHandle, ScriptRows } from '../db/client.js';
-import { idempotencyKey, type TaskRow, task } from '../db/schema.js';
-import {
-  integerLiteral,
-  runAsUser,
-  textLiteral,
-  type Transaction,
-  withUser,
-} from '../db/with-user.js';
+import { type DatabaseHandle, rowsOf, type ScriptRows } from '../db/client.js';
+import { idempotencyKey } from '../db/schema.js';
+import { integerLiteral, runAsUser, textLiteral, withUser } from '../db/with-user.js';
 import { LIST_CAP, type ListTasksQuery } from './tasks.schemas.js';
 
 export interface NewTask {
@@ -191,6 +185,12 @@ function bodiesOf(rows: ScriptRows | undefined): string[] {
   return (rows ?? []).map(taskJson);
 }
 
+function createdOf(rows: ScriptRows | undefined): CreatedTaskJson {
+  const row = rows?.[0];
+  if (row === undefined) throw new Error('INSERT ... RETURNING returned no row');
+  return { id: Number(row.id_text), body: taskJson(row) };
+}
+
 /**
  * Data access for tasks. Every function takes the owner first and puts it in the WHERE
  * clause: a task that is missing and one that belongs to someone else are the same `null`.
@@ -200,8 +200,9 @@ function bodiesOf(rows: ScriptRows | undefined): string[] {
  * The routes' statements are written out here rather than built by Drizzle per request: they
  * travel with the role and user settings as one message (one round trip, no BEGIN/COMMIT),
  * and their rows become the response's JSON text directly (taskJson). Building them with
- * Drizzle on every request was the largest single cost in the service's own profile. Values are inlined by textLiteral and
- * integerLiteral, which accept only strings without NUL and safe integers.
+ * Drizzle on every request was the largest single cost in the service's own profile. Values
+ * are inlined by textLiteral and integerLiteral, which accept only strings without NUL and
+ * safe integers.
  */
 export function createTasksRepository(
   database: DatabaseHandle,
@@ -219,14 +220,18 @@ export function createTasksRepository(
       ? database.runScript(statements.join(';\n'))
       : runAsUser(database, userId, statements);
 
-  async function insertTask(tx: Transaction, userId: string, input: NewTask): Promise<TaskRow> {
-    const [row] = await tx
-      .insert(task)
-      .values({ userId, title: input.title, description: input.description ?? null })
-      .returning();
-    if (!row) throw new Error('INSERT ... RETURNING returned no row');
-    return row;
-  }
+  /** The create's statement: the plain route sends it alone, the idempotent one in its transaction. */
+  const insertStatement = (userId: string, input: NewTask) => {
+    const description =
+      input.description === undefined || input.description === null
+        ? 'null'
+        : textLiteral(input.description);
+    return (
+      'insert into task (user_id, title, description) ' +
+      `values (${textLiteral(userId)}, ${textLiteral(input.title)}, ${description}) ` +
+      `returning ${TASK_COLUMNS}`
+    );
+  };
 
   const update = async (userId: string, id: number, assignments: string[]) => {
     const [rows] = await run(userId, [
@@ -282,20 +287,8 @@ export function createTasksRepository(
     },
 
     async create(userId: string, input: NewTask): Promise<CreatedTaskJson> {
-      const description =
-        input.description === undefined || input.description === null
-          ? 'null'
-          : textLiteral(input.description);
-      const [rows] = await run(userId, [
-        `insert into task (user_id, title, description) ` +
-          `values (${textLiteral(userId)}, ${textLiteral(input.title)}, ${description}) ` +
-          `returning ${TASK_COLUMNS}`,
-      ]);
-      const row = rows?.[0];
-      const body = bodyOf(rows);
-      if (row === undefined || body === null)
-        throw new Error('INSERT ... RETURNING returned no row');
-      return { id: Number(row.id_text), body };
+      const [rows] = await run(userId, [insertStatement(userId, input)]);
+      return createdOf(rows);
     },
 
     /**
@@ -308,7 +301,7 @@ export function createTasksRepository(
       userId: string,
       input: NewTask,
       claim: IdempotencyClaim,
-      respond: (row: TaskRow) => StoredResponse,
+      respond: (created: CreatedTaskJson) => StoredResponse,
     ): Promise<IdempotentCreateResult> {
       return withUser(db, userId, async (tx) => {
         const mine = and(eq(idempotencyKey.userId, userId), eq(idempotencyKey.key, claim.key));
@@ -342,7 +335,8 @@ export function createTasksRepository(
           };
         }
 
-        const response = respond(await insertTask(tx, userId, input));
+        const inserted = await tx.execute(sql.raw(insertStatement(userId, input)));
+        const response = respond(createdOf(rowsOf(inserted)));
         await tx
           .update(idempotencyKey)
           .set({

@@ -3,9 +3,10 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import { z } from 'zod';
 import type { AuthUser } from '../auth/auth.plugin.js';
-import { IDEMPOTENCY_KEY_MAX_LENGTH, type TaskRow } from '../db/schema.js';
+import { IDEMPOTENCY_KEY_MAX_LENGTH } from '../db/schema.js';
 import { ForbiddenError, NotFoundError, ValidationError } from '../errors.js';
 import {
+  type CreatedTaskJson,
   createTasksRepository,
   IDEMPOTENCY_TTL_HOURS,
   type NewTask,
@@ -17,25 +18,12 @@ import {
   createTaskBody,
   errorResponse,
   listTasksQuery,
-  type TaskJson,
   taskParams,
   taskResponse,
   updateTaskBody,
   userTaskParams,
   userTasksParams,
 } from './tasks.schemas.js';
-
-export function toTaskJson(row: TaskRow): TaskJson {
-  return {
-    id: row.id,
-    user_id: row.userId,
-    title: row.title,
-    description: row.description,
-    completed: row.completed,
-    created_at: row.createdAt.toISOString(),
-    updated_at: row.updatedAt.toISOString(),
-  };
-}
 
 /**
  * Sends JSON text the repository wrote (taskJson): Fastify passes a string with a JSON
@@ -200,11 +188,15 @@ export default async function tasksRoutes(
           return sendJson(reply, created.body);
         }
 
-        const respond = (row: TaskRow): StoredResponse => ({
-          status: 201,
-          body: toTaskJson(row),
-          location: shape.location(user.id, row.id),
-        });
+        // Stored as JSON (jsonb) with the key, and replayed as it was first sent.
+        const respond = (created: CreatedTaskJson): StoredResponse => {
+          const body: unknown = JSON.parse(created.body);
+          return {
+            status: 201,
+            body: taskResponse.parse(body),
+            location: shape.location(user.id, created.id),
+          };
+        };
         const result = await tasks.createIdempotent(
           user.id,
           request.body,

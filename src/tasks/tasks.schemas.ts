@@ -109,8 +109,6 @@ export const taskResponse = z
   })
   .meta({ id: 'Task' });
 
-export type TaskJson = z.output<typeof taskResponse>;
-
 const validationIssue = z.object({
   loc: z.array(z.union([z.string(), z.number()])),
   msg: z.string(),
