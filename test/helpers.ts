@@ -12,6 +12,13 @@ export const TEST_SECRET = 'test-secret-that-is-long-enough-for-hs256-0123456789
 export const ADMIN_DATABASE_URL = process.env.DATABASE_URL;
 export const DATABASE_KIND = ADMIN_DATABASE_URL ? 'postgres' : 'pglite';
 
+/**
+ * For the tests that need a real PostgreSQL in both CI runs (outages, PgBouncer, clusters):
+ * DATABASE_URL's server when set, else the one every machine here and CI has.
+ */
+export const POSTGRES_ADMIN_URL =
+  ADMIN_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
+
 export interface TestDatabase {
   handle: DatabaseHandle;
   /** The connection string of the suite's own database (postgres only). */

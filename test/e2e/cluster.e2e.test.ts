@@ -13,8 +13,8 @@ import http from 'node:http';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
-  ADMIN_DATABASE_URL,
   createPostgresDatabase,
+  POSTGRES_ADMIN_URL,
   createUserAndToken,
   TEST_SECRET,
   type TaskBody,
@@ -31,7 +31,6 @@ import {
   startServer,
 } from '../process.js';
 
-const ADMIN_URL = ADMIN_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
 const REDIS_URL = 'redis://127.0.0.1:6379';
 const WORKERS = 2;
 const USER_LIMIT = 5;
@@ -159,7 +158,7 @@ describe('WEB_CONCURRENCY=2 with Redis', () => {
   let server: ServerProcess | undefined;
 
   beforeAll(async () => {
-    database = await createPostgresDatabase(ADMIN_URL);
+    database = await createPostgresDatabase(POSTGRES_ADMIN_URL);
     server = await startCluster(database, {
       RATE_LIMIT_USER_PER_MINUTE: String(USER_LIMIT),
     });
@@ -311,7 +310,7 @@ describe('WEB_CONCURRENCY=2, SIGTERM under load', () => {
     | undefined;
 
   beforeAll(async () => {
-    database = await createPostgresDatabase(ADMIN_URL);
+    database = await createPostgresDatabase(POSTGRES_ADMIN_URL);
     const server = await startCluster(database, {
       RATE_LIMIT_USER_PER_MINUTE: '0',
       RATE_LIMIT_IP_PER_MINUTE: '0',

@@ -11,6 +11,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   createPostgresDatabase,
+  POSTGRES_ADMIN_URL,
   createUserAndToken,
   type TaskBody,
   type TestUser,
@@ -18,7 +19,6 @@ import {
 import { type ServerProcess, sleep, startServer } from '../process.js';
 import { CuttableProxy } from '../proxy.js';
 
-const ADMIN_URL = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
 /** No request may take longer than this, outage or not: past it, the service hung. */
 const REQUEST_LIMIT_MS = 10_000;
 /** SPEC: within 5 s of the link returning, everything works again. */
@@ -36,7 +36,7 @@ let proxy: CuttableProxy;
 let database: Awaited<ReturnType<typeof createPostgresDatabase>>;
 
 beforeAll(async () => {
-  database = await createPostgresDatabase(ADMIN_URL);
+  database = await createPostgresDatabase(POSTGRES_ADMIN_URL);
   const direct = new URL(database.url);
   proxy = new CuttableProxy(direct.hostname, Number(direct.port || 5432));
   await proxy.open();

@@ -17,6 +17,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createDatabase, type DatabaseHandle } from '../../src/db/client.js';
 import {
   createPostgresDatabase,
+  POSTGRES_ADMIN_URL,
   createUserAndToken,
   type TaskBody,
   type TestUser,
@@ -24,7 +25,6 @@ import {
 import { type PgBouncer, startPgBouncer } from '../pgbouncer.js';
 import { freePort, REPO_ROOT, type ServerProcess, startServer } from '../process.js';
 
-const ADMIN_URL = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
 /** Server connections per database and user: far fewer than the clients sharing them. */
 const POOL_SIZE = 3;
 /** In CORS_ORIGINS (its default), so Better Auth trusts it; Node's fetch needs one. */
@@ -67,8 +67,8 @@ async function startInstance(port?: number): Promise<ServerProcess> {
 }
 
 beforeAll(async () => {
-  bouncer = await startPgBouncer(ADMIN_URL, POOL_SIZE);
-  database = await createPostgresDatabase(ADMIN_URL);
+  bouncer = await startPgBouncer(POSTGRES_ADMIN_URL, POOL_SIZE);
+  database = await createPostgresDatabase(POSTGRES_ADMIN_URL);
   // Its own address as BETTER_AUTH_URL: the built-in auth's tokens name it as issuer.
   first = await startInstance(await freePort());
 }, 120_000);
@@ -98,7 +98,7 @@ async function direct<R extends pg.QueryResultRow>(
 /** Advisory locks held in `databaseName` right now, by anyone. */
 async function advisoryLocks(databaseName: string): Promise<number> {
   const [row] = await direct<{ count: string }>(
-    ADMIN_URL,
+    POSTGRES_ADMIN_URL,
     `select count(*) from pg_locks l join pg_database d on d.oid = l.database
      where l.locktype = 'advisory' and l.granted and d.datname = $1`,
     [databaseName],
@@ -202,7 +202,7 @@ describe('start-up through a transaction-pooling PgBouncer', () => {
   }, 240_000);
 
   it('when four migrate() calls race on a fresh database through the bouncer, then all finish, each migration is applied once and no lock is left', async () => {
-    const scratch = await createPostgresDatabase(ADMIN_URL);
+    const scratch = await createPostgresDatabase(POSTGRES_ADMIN_URL);
     scratchDatabases.push(scratch);
     // Four racers over three server connections: one migrates while the others wait.
     const handles: DatabaseHandle[] = Array.from({ length: 4 }, () =>
@@ -371,7 +371,7 @@ describe('the task routes through the bouncer', () => {
 
     // The bouncer really is in the way: however many clients, at most POOL_SIZE backends.
     const [row] = await direct<{ count: string }>(
-      ADMIN_URL,
+      POSTGRES_ADMIN_URL,
       'select count(*) from pg_stat_activity where datname = $1',
       [database.name],
     );
