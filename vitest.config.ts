@@ -3,6 +3,7 @@ import { defineConfig } from 'vitest/config';
 export default defineConfig({
   test: {
     include: ['src/**/*.test.ts', 'test/**/*.test.ts'],
+    globalSetup: ['test/global-setup.ts'],
     // Each file builds its own app on its own database; PGlite start-up is the slow part.
     testTimeout: 30_000,
     hookTimeout: 120_000,

@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { FastifyInstance } from 'fastify';
 import { SignJWT } from 'jose';
 import pg from 'pg';
+import { inject } from 'vitest';
 import { buildApp } from '../src/app.js';
 import { type Config, loadConfig } from '../src/config.js';
 import { createDatabase, type DatabaseHandle } from '../src/db/client.js';
@@ -32,7 +33,24 @@ function withDatabase(url: string, name: string): string {
   return parsed.toString();
 }
 
-/** Creates an empty database with a unique name on the server DATABASE_URL points at. */
+/**
+ * How a suite's code reaches `directUrl`: through the run's PgBouncer when .ci/run's third pass
+ * (TEST_VIA_PGBOUNCER=1, test/global-setup.ts) started one, else directly.
+ */
+function connectionUrl(directUrl: string): string {
+  const bouncerPort = inject('pgbouncerPort');
+  if (bouncerPort === null) return directUrl;
+  const url = new URL(directUrl);
+  url.hostname = '127.0.0.1';
+  url.port = String(bouncerPort);
+  return url.toString();
+}
+
+/**
+ * Creates an empty database with a unique name on the server of `adminUrl`. Its `url` is how
+ * apps, servers and checks connect (through the run's PgBouncer, if any); creating and dropping
+ * always talk to the server itself.
+ */
 export async function createPostgresDatabase(adminUrl: string) {
   const name = `todo_test_${process.pid}_${randomUUID().replaceAll('-', '').slice(0, 12)}`;
   const admin = new pg.Client({ connectionString: adminUrl });
@@ -42,9 +60,12 @@ export async function createPostgresDatabase(adminUrl: string) {
   } finally {
     await admin.end();
   }
+  const directUrl = withDatabase(adminUrl, name);
   return {
     name,
-    url: withDatabase(adminUrl, name),
+    url: connectionUrl(directUrl),
+    /** The server itself, never through a bouncer (for checks of the bouncer's own effects). */
+    directUrl,
     async drop() {
       const client = new pg.Client({ connectionString: adminUrl });
       await client.connect();
@@ -57,6 +78,9 @@ export async function createPostgresDatabase(adminUrl: string) {
   };
 }
 
+/** Connections of a suite's database handle on PostgreSQL. */
+export const SUITE_POOL_SIZE = 5;
+
 /** A fresh, migrated database for one test file: PGlite in memory, or a new PostgreSQL one. */
 export async function createTestDatabase(): Promise<TestDatabase> {
   if (!ADMIN_DATABASE_URL) {
@@ -66,7 +90,7 @@ export async function createTestDatabase(): Promise<TestDatabase> {
   }
   const database = await createPostgresDatabase(ADMIN_DATABASE_URL);
   const handle = createDatabase(
-    { kind: 'postgres', url: database.url, poolMax: 5 },
+    { kind: 'postgres', url: database.url, poolMax: SUITE_POOL_SIZE },
     () => undefined,
   );
   await handle.migrate();

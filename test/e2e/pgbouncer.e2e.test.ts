@@ -54,7 +54,7 @@ async function startInstance(port?: number): Promise<ServerProcess> {
     ...(port === undefined ? {} : { port }),
     startupLimitMs: HANG_LIMIT_MS,
     env: {
-      DATABASE_URL: bouncer.urlFor(database.url),
+      DATABASE_URL: bouncer.urlFor(database.directUrl),
       LOG_LEVEL: 'warn',
       RATE_LIMIT_USER_PER_MINUTE: '0',
       RATE_LIMIT_IP_PER_MINUTE: '0',
@@ -168,7 +168,7 @@ async function unlessHung<T>(what: string, work: Promise<T>): Promise<T> {
 
 describe('start-up through a transaction-pooling PgBouncer', () => {
   it('when the first instance starts on a fresh database, then every migration is applied once and /ready is 200', async () => {
-    expect(await recordedMigrations(database.url)).toBe(MIGRATION_COUNT);
+    expect(await recordedMigrations(database.directUrl)).toBe(MIGRATION_COUNT);
     const ready = await call(first, null, 'GET', '/ready');
     expect(ready.status).toBe(200);
     expect(ready.body).toEqual({ status: 'ready', database: 'postgres' });
@@ -197,7 +197,7 @@ describe('start-up through a transaction-pooling PgBouncer', () => {
       stop = true;
       await Promise.all(load);
     }
-    expect(await recordedMigrations(database.url)).toBe(MIGRATION_COUNT);
+    expect(await recordedMigrations(database.directUrl)).toBe(MIGRATION_COUNT);
     expect(await advisoryLocks(database.name)).toBe(0);
   }, 240_000);
 
@@ -207,7 +207,7 @@ describe('start-up through a transaction-pooling PgBouncer', () => {
     // Four racers over three server connections: one migrates while the others wait.
     const handles: DatabaseHandle[] = Array.from({ length: 4 }, () =>
       createDatabase(
-        { kind: 'postgres', url: bouncer.urlFor(scratch.url), poolMax: 2 },
+        { kind: 'postgres', url: bouncer.urlFor(scratch.directUrl), poolMax: 2 },
         () => undefined,
       ),
     );
@@ -216,11 +216,11 @@ describe('start-up through a transaction-pooling PgBouncer', () => {
         'concurrent migrate()',
         Promise.all(handles.map((handle) => handle.migrate())),
       );
-      expect(await recordedMigrations(scratch.url)).toBe(MIGRATION_COUNT);
+      expect(await recordedMigrations(scratch.directUrl)).toBe(MIGRATION_COUNT);
       expect(await advisoryLocks(scratch.name)).toBe(0);
       // And once more, on a database that is already current.
       await unlessHung('migrate() again', Promise.all(handles.map((handle) => handle.migrate())));
-      expect(await recordedMigrations(scratch.url)).toBe(MIGRATION_COUNT);
+      expect(await recordedMigrations(scratch.directUrl)).toBe(MIGRATION_COUNT);
     } finally {
       // A hung racer would keep pool.end() waiting: the database goes first (with force).
       await scratch.drop();
