@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import type { FastifyInstance } from 'fastify';
 import { SignJWT } from 'jose';
 import pg from 'pg';
@@ -78,13 +79,29 @@ export async function createPostgresDatabase(adminUrl: string) {
   };
 }
 
+let pgliteSeed: Blob | undefined;
+
+/** The run's dump of a migrated PGlite database (test/global-setup.ts), read once per worker. */
+function migratedPgliteSeed(): Blob {
+  if (pgliteSeed === undefined) {
+    const path = inject('pgliteSeedPath');
+    if (path === null) throw new Error('no PGlite seed: test/global-setup.ts did not make one');
+    pgliteSeed = new Blob([readFileSync(path)]);
+  }
+  return pgliteSeed;
+}
+
 /** Connections of a suite's database handle on PostgreSQL. */
 export const SUITE_POOL_SIZE = 5;
 
 /** A fresh, migrated database for one test file: PGlite in memory, or a new PostgreSQL one. */
 export async function createTestDatabase(): Promise<TestDatabase> {
   if (!ADMIN_DATABASE_URL) {
-    const handle = createDatabase({ kind: 'pglite', dir: 'memory://' }, () => undefined);
+    const handle = createDatabase(
+      { kind: 'pglite', dir: 'memory://' },
+      () => undefined,
+      migratedPgliteSeed(),
+    );
     await handle.migrate();
     return { handle, url: undefined, drop: () => handle.close() };
   }
