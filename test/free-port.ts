@@ -15,3 +15,11 @@ export async function freePort(): Promise<number> {
   if (address === null || typeof address === 'string') throw new Error('no port assigned');
   return address.port;
 }
+
+/** `databaseUrl` with its host and port replaced by 127.0.0.1:`port` (a local bouncer or proxy). */
+export function atLocalPort(databaseUrl: string, port: number): string {
+  const url = new URL(databaseUrl);
+  url.hostname = '127.0.0.1';
+  url.port = String(port);
+  return url.toString();
+}

@@ -16,8 +16,9 @@ import { createDatabase } from '../src/db/client.js';
 import { startPgBouncer } from './pgbouncer.js';
 
 /**
- * Server connections per test database: fewer than a suite's pool (SUITE_POOL_SIZE), so that requests of one
- * suite share server connections and anything that leans on session state breaks.
+ * Server connections per test database: fewer than a suite's pool (SUITE_POOL_SIZE), so that
+ * requests of one suite share server connections and anything that leans on session state
+ * breaks.
  */
 export const BOUNCER_SERVER_CONNECTIONS = 3;
 
@@ -52,7 +53,11 @@ async function dumpMigratedPglite(): Promise<{ path: string; remove(): void }> {
 }
 
 export default async function setup(project: TestProject) {
-  if (!process.env.DATABASE_URL) {
+  const serverUrl = process.env.DATABASE_URL;
+  if (!serverUrl) {
+    if (process.env.TEST_VIA_PGBOUNCER === '1') {
+      throw new Error('TEST_VIA_PGBOUNCER=1 needs DATABASE_URL (the server behind it)');
+    }
     const seed = await dumpMigratedPglite();
     project.provide('pgliteSeedPath', seed.path);
     project.provide('pgbouncerPort', null);
@@ -63,8 +68,6 @@ export default async function setup(project: TestProject) {
     project.provide('pgbouncerPort', null);
     return undefined;
   }
-  const serverUrl = process.env.DATABASE_URL;
-  if (!serverUrl) throw new Error('TEST_VIA_PGBOUNCER=1 needs DATABASE_URL (the server behind it)');
   const bouncer = await startPgBouncer(serverUrl, BOUNCER_SERVER_CONNECTIONS);
   project.provide('pgbouncerPort', bouncer.port);
   return () => bouncer.stop();

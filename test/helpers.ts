@@ -7,6 +7,7 @@ import { inject } from 'vitest';
 import { buildApp } from '../src/app.js';
 import { type Config, loadConfig } from '../src/config.js';
 import { createDatabase, type DatabaseHandle } from '../src/db/client.js';
+import { atLocalPort } from './free-port.js';
 
 export const TEST_SECRET = 'test-secret-that-is-long-enough-for-hs256-0123456789';
 
@@ -40,11 +41,7 @@ function withDatabase(url: string, name: string): string {
  */
 function connectionUrl(directUrl: string): string {
   const bouncerPort = inject('pgbouncerPort');
-  if (bouncerPort === null) return directUrl;
-  const url = new URL(directUrl);
-  url.hostname = '127.0.0.1';
-  url.port = String(bouncerPort);
-  return url.toString();
+  return bouncerPort === null ? directUrl : atLocalPort(directUrl, bouncerPort);
 }
 
 /**

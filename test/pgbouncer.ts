@@ -13,7 +13,7 @@ import { rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
 import pg from 'pg';
-import { freePort } from './free-port.js';
+import { atLocalPort, freePort } from './free-port.js';
 
 /** How long PgBouncer may take to accept a query after it was spawned. */
 const READY_LIMIT_MS = 15_000;
@@ -162,12 +162,7 @@ export async function startPgBouncer(adminUrl: string, poolSize = 3): Promise<Pg
     rmSync(dir, { recursive: true, force: true });
   };
 
-  const urlFor = (databaseUrl: string) => {
-    const url = new URL(databaseUrl);
-    url.hostname = '127.0.0.1';
-    url.port = String(port);
-    return url.toString();
-  };
+  const urlFor = (databaseUrl: string) => atLocalPort(databaseUrl, port);
 
   const deadline = Date.now() + READY_LIMIT_MS;
   for (;;) {

@@ -1,6 +1,4 @@
 import { randomUUID } from 'node:crypto';
-import { once } from 'node:events';
-import { createServer } from 'node:net';
 import type { FastifyInstance, InjectOptions, LightMyRequestResponse } from 'fastify';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -11,6 +9,7 @@ import {
   type TestUser,
   testConfig,
 } from '../../test/helpers.js';
+import { freePort } from '../../test/free-port.js';
 import { buildApp } from '../app.js';
 import { ConfigError, loadConfig } from '../config.js';
 
@@ -338,18 +337,12 @@ describe('with REDIS_URL, instances share one budget', () => {
 
 describe('when Redis cannot be reached', () => {
   it('when REDIS_URL points at a port where nothing listens, then requests are served without limits and the outage is logged once', async () => {
-    const probe = createServer();
-    probe.listen(0, '127.0.0.1');
-    await once(probe, 'listening');
-    const address = probe.address();
-    probe.close();
-    await once(probe, 'close');
-    if (address === null || typeof address === 'string') throw new Error('no port');
+    const closedPort = await freePort();
 
     const lines: Record<string, unknown>[] = [];
     const isolated = await startApp(
       {
-        REDIS_URL: `redis://127.0.0.1:${address.port}`,
+        REDIS_URL: `redis://127.0.0.1:${closedPort}`,
         RATE_LIMIT_USER_PER_MINUTE: '2',
         LOG_LEVEL: 'info',
       },

@@ -17,6 +17,7 @@ import {
   type TestUser,
 } from '../helpers.js';
 import { type ServerProcess, sleep, startServer } from '../process.js';
+import { atLocalPort } from '../free-port.js';
 import { CuttableProxy } from '../proxy.js';
 
 /** No request may take longer than this, outage or not: past it, the service hung. */
@@ -40,12 +41,9 @@ beforeAll(async () => {
   const direct = new URL(database.url);
   proxy = new CuttableProxy(direct.hostname, Number(direct.port || 5432));
   await proxy.open();
-  const viaProxy = new URL(database.url);
-  viaProxy.hostname = '127.0.0.1';
-  viaProxy.port = String(proxy.port);
   server = await startServer({
     env: {
-      DATABASE_URL: viaProxy.toString(),
+      DATABASE_URL: atLocalPort(database.url, proxy.port),
       LOG_LEVEL: 'warn',
       RATE_LIMIT_USER_PER_MINUTE: '0',
       RATE_LIMIT_IP_PER_MINUTE: '0',
