@@ -1,5 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import autocannon from 'autocannon';
+import { type CpuSnapshot, cpuSnapshot } from './cpu.js';
 import type { RequestPlan } from './fixtures.js';
 import { type RunningServer, rssMb } from './servers.js';
 
@@ -23,6 +24,8 @@ export interface LoadSpec {
   plan: RequestPlan;
   /** Called every `everySeconds` with the server's RSS (the soak's memory record). */
   onRssTick?: { everySeconds: number; record: (seconds: number, mb: number) => void };
+  /** PostgreSQL's processes serve this server (not PGlite, inside it): count their CPU too. */
+  databaseCpu?: boolean;
 }
 
 export interface LoadResult {
@@ -37,6 +40,11 @@ export interface LoadResult {
   timeouts: number;
   statusCodes: Record<string, number>;
   rssMaxMb: number | null;
+  /**
+   * CPU microseconds per response in the measured window: the server's process tree, and
+   * PostgreSQL's processes (null when the database is inside the server).
+   */
+  cpuUsPerResponse: { server: number | null; database: number | null };
 }
 
 /** Growable list of latencies (ms). */
@@ -108,6 +116,13 @@ export async function runLoad(server: RunningServer, spec: LoadSpec): Promise<Lo
 
   const from = started + lastDelayMs + rampUpMs;
   const until = from + spec.durationSeconds * 1000;
+  // Taken when the window opens and closes, beside the responses counted in it.
+  let cpuAtFrom: CpuSnapshot | undefined;
+  let cpuAtUntil: CpuSnapshot | undefined;
+  const cpuTimers = [
+    setTimeout(() => (cpuAtFrom = cpuSnapshot(server.pid)), from - started),
+    setTimeout(() => (cpuAtUntil = cpuSnapshot(server.pid)), until - started),
+  ];
 
   try {
     const results = await Promise.all(
@@ -140,6 +155,10 @@ export async function runLoad(server: RunningServer, spec: LoadSpec): Promise<Lo
         statusCodes[code] = (statusCodes[code] ?? 0) + count;
       }
     }
+    const perResponse = (pick: (snapshot: CpuSnapshot) => number) =>
+      cpuAtFrom && cpuAtUntil && samples.length > 0
+        ? ((pick(cpuAtUntil) - pick(cpuAtFrom)) * 1000) / samples.length
+        : null;
     return {
       connections: spec.connections,
       offeredRate: spec.overallRate ?? null,
@@ -151,8 +170,13 @@ export async function runLoad(server: RunningServer, spec: LoadSpec): Promise<Lo
       timeouts,
       statusCodes,
       rssMaxMb: rssMax ?? null,
+      cpuUsPerResponse: {
+        server: perResponse((snapshot) => snapshot.serverMs),
+        database: spec.databaseCpu === true ? perResponse((snapshot) => snapshot.databaseMs) : null,
+      },
     };
   } finally {
+    for (const timer of cpuTimers) clearTimeout(timer);
     clearInterval(rssTimer);
     if (tickTimer) clearInterval(tickTimer);
   }

@@ -70,6 +70,8 @@ export function formatTable(records: ScenarioRecord[]): string {
     'errors',
     'timeouts',
     'RSS MB',
+    'CPU µs/resp',
+    'DB µs/resp',
   ];
   const rows = records.map((record) => [
     record.label,
@@ -83,6 +85,8 @@ export function formatTable(records: ScenarioRecord[]): string {
     String(record.errors),
     String(record.timeouts),
     fixed(record.rssMaxMb, 0),
+    fixed(record.cpuUsPerResponse.server, 0),
+    fixed(record.cpuUsPerResponse.database, 0),
   ]);
   const widths = header.map((title, column) =>
     Math.max(title.length, ...rows.map((row) => (row[column] ?? '').length)),

@@ -367,11 +367,11 @@ async function main(options: Options) {
       say(
         `bench: ${label} on ${target} (${spec.connections} connections, ${spec.durationSeconds} s)`,
       );
-      const result = await runLoad(server, spec);
+      const result = await runLoad(server, { ...spec, databaseCpu: options.kind === 'postgres' });
       const record: ScenarioRecord = { id, label, target, ...result };
       records.push(record);
       say(
-        `       ${result.requestsPerSecond.toFixed(0)} req/s, p50 ${result.latencyMs.p50.toFixed(1)} ms, p95 ${result.latencyMs.p95.toFixed(1)} ms, p99 ${result.latencyMs.p99.toFixed(1)} ms, ${result.errors} errors, ${result.timeouts} timeouts, RSS ${result.rssMaxMb?.toFixed(0) ?? 'n/a'} MB`,
+        `       ${result.requestsPerSecond.toFixed(0)} req/s, p50 ${result.latencyMs.p50.toFixed(1)} ms, p95 ${result.latencyMs.p95.toFixed(1)} ms, p99 ${result.latencyMs.p99.toFixed(1)} ms, ${result.errors} errors, ${result.timeouts} timeouts, RSS ${result.rssMaxMb?.toFixed(0) ?? 'n/a'} MB, CPU µs/response ${result.cpuUsPerResponse.server?.toFixed(0) ?? 'n/a'} server + ${result.cpuUsPerResponse.database?.toFixed(0) ?? 'n/a'} database`,
       );
       // Let sockets close and the database settle before the next scenario.
       await sleep(1000);
