@@ -10,7 +10,7 @@ import {
   type TestUser,
 } from '../../test/helpers.js';
 import { task as taskTable } from '../db/schema.js';
-import { isoTime, taskJson } from './tasks.repository.js';
+import { isoTimeOfTimestamptz, taskJson } from './tasks.repository.js';
 import { taskResponse } from './tasks.schemas.js';
 
 /**
@@ -114,8 +114,8 @@ describe('task JSON', () => {
       title: 't',
       description: null,
       completed: false,
-      created_ms: 0,
-      updated_ms: 0,
+      created_at: '1970-01-01 00:00:00+00',
+      updated_at: '1970-01-01 00:00:00+00',
     };
     expect(JSON.parse(taskJson(row))).toEqual({
       id: 1,
@@ -129,28 +129,73 @@ describe('task JSON', () => {
     expect(() => taskJson({ ...row, id_text: '1, "x": 2' })).toThrow();
     expect(() => taskJson({ ...row, completed: 'true' })).toThrow();
     expect(() => taskJson({ ...row, title: 5 })).toThrow();
-    expect(() => taskJson({ ...row, created_ms: '0' })).toThrow();
+    expect(() => taskJson({ ...row, created_at: 0 })).toThrow();
+    expect(() => taskJson({ ...row, updated_at: new Date(0) })).toThrow();
   });
 });
 
-describe('isoTime', () => {
-  it('when given any millisecond from 1970 to 9999 (and beyond), then it writes what toISOString writes', () => {
+/** What PostgreSQL writes for `ms` (plus `micros`) in a session `offsetSeconds` east of UTC. */
+function postgresText(ms: number, micros: number, offsetSeconds: number): string {
+  const local = new Date(ms + offsetSeconds * 1000).toISOString(); // YYYY-MM-DDTHH:MM:SS.mmmZ
+  const fraction = `${local.slice(20, 23)}${String(micros).padStart(3, '0')}`.replace(/0+$/, '');
+  const size = Math.abs(offsetSeconds);
+  const [h, m, sec] = [Math.floor(size / 3600), Math.floor(size / 60) % 60, size % 60];
+  const two = (value: number) => String(value).padStart(2, '0');
+  const offset =
+    `${offsetSeconds < 0 ? '-' : '+'}${two(h)}` +
+    (m !== 0 || sec !== 0 ? `:${two(m)}` : '') +
+    (sec !== 0 ? `:${two(sec)}` : '');
+  return `${local.slice(0, 10)} ${local.slice(11, 19)}${fraction === '' ? '' : `.${fraction}`}${offset}`;
+}
+
+describe('isoTimeOfTimestamptz', () => {
+  it('when given any instant from 1970 to 9999 in any session time zone, then it writes what toISOString writes, truncated to the millisecond', () => {
     fc.assert(
-      fc.property(fc.integer({ min: -62_135_596_800_000, max: 8_640_000_000_000_000 }), (ms) => {
-        expect(isoTime(ms)).toBe(new Date(ms).toISOString());
-      }),
+      fc.property(
+        fc.integer({ min: 0, max: 253_402_300_799_999 - 16 * 3_600_000 }),
+        fc.integer({ min: 0, max: 999 }),
+        fc.oneof(
+          fc.constant(0),
+          fc.integer({ min: -15 * 60, max: 15 * 60 }).map((minutes) => minutes * 60),
+          fc.integer({ min: -15 * 3600, max: 15 * 3600 }),
+        ),
+        (ms, micros, offsetSeconds) => {
+          const text = postgresText(ms, micros, offsetSeconds);
+          expect(isoTimeOfTimestamptz(text)).toBe(new Date(ms).toISOString());
+        },
+      ),
       { numRuns: 20_000 },
     );
-    for (const ms of [
-      0, 951_782_400_000, 4_107_542_399_999, 253_402_300_799_999, 1_796_150_355_639,
+    expect(isoTimeOfTimestamptz('2026-01-02 03:04:05.999999+00')).toBe('2026-01-02T03:04:05.999Z');
+    expect(isoTimeOfTimestamptz('2026-06-30 22:30:00.5-02')).toBe('2026-07-01T00:30:00.500Z');
+    expect(isoTimeOfTimestamptz('1883-11-18 12:03:58+00:53:28')).toBe('1883-11-18T11:10:30.000Z');
+  });
+
+  it('when given another DateStyle, an era, a year past 9999 or no text, then it refuses', () => {
+    for (const value of [
+      'Wed Dec 02 04:58:35.123456 2026 UTC',
+      '02.12.2026 04:58:35.123456 UTC',
+      '2026-12-02T04:58:35.123Z',
+      '0044-03-15 12:00:00+00 BC',
+      '10000-01-01 00:00:00+00',
+      'infinity',
+      0,
+      new Date(0),
+      null,
     ]) {
-      expect(isoTime(ms)).toBe(new Date(ms).toISOString());
+      expect(() => isoTimeOfTimestamptz(value), String(value)).toThrow(/malformed/);
     }
   });
 
-  it('when given a fraction or a string, then it refuses', () => {
-    expect(() => isoTime(1.5)).toThrow();
-    expect(() => isoTime('0')).toThrow();
+  it('when the session is in another time zone, then a task read through runScript is still answered in UTC', async () => {
+    const user = await createUserAndToken();
+    const created = await createTask(ctx.app, user);
+    const [, , rows] = await ctx.database.handle.runScript(
+      `set local timezone = 'Asia/Kathmandu'; show timezone; select created_at from task where id = ${created.id}`,
+    );
+    const text: unknown = rows?.[0]?.created_at;
+    expect(text).toMatch(/\+05:45$/);
+    expect(isoTimeOfTimestamptz(text)).toBe(created.created_at);
   });
 });
 
