@@ -304,7 +304,12 @@ async function main(options: Options) {
       secret,
       port: await freePort(),
       logPath: options.logFile,
-      extraEnv: options.serviceEnv,
+      // Debian's PgBouncer 1.18 cannot keep prepared statements in transaction mode: the
+      // service is configured as its README says for such a pooler.
+      extraEnv: {
+        ...(options.pgbouncer ? { DATABASE_PREPARED_STATEMENTS: 'false' } : {}),
+        ...options.serviceEnv,
+      },
       poolMax: options.kind === 'postgres' ? options.pool : undefined,
       workers: options.workers,
       cpuProfileDir: options.profile ? `${RESULTS_DIR}profiles` : undefined,

@@ -44,7 +44,19 @@ describe('loadConfig defaults', () => {
       { BETTER_AUTH_SECRET: SECRET, DATABASE_URL: url },
       { devSecretFile: freshSecretFile() },
     );
-    expect(config.database).toMatchObject({ kind: 'postgres', url });
+    expect(config.database).toMatchObject({ kind: 'postgres', url, preparedStatements: true });
+  });
+
+  it('when DATABASE_PREPARED_STATEMENTS=false, then the create sends scripts only', () => {
+    const config = loadConfig(
+      {
+        BETTER_AUTH_SECRET: SECRET,
+        DATABASE_URL: 'postgres://todo@db.example.com/todo',
+        DATABASE_PREPARED_STATEMENTS: 'false',
+      },
+      { devSecretFile: freshSecretFile() },
+    );
+    expect(config.database).toMatchObject({ kind: 'postgres', preparedStatements: false });
   });
 
   it('when variables are given, then they override the defaults', () => {
@@ -77,6 +89,7 @@ describe('loadConfig bad values', () => {
     ['AUTH_JWKS_URL', 'not-a-url'],
     ['LOG_LEVEL', 'loud'],
     ['CORS_ORIGINS', 'not an origin'],
+    ['DATABASE_PREPARED_STATEMENTS', 'yes'],
   ].map(([variable = '', value = '']) => ({ variable, value, env: { [variable]: value } }));
 
   it.each(cases)(

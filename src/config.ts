@@ -56,6 +56,7 @@ const envSchema = z.object({
       .optional(),
   ),
   DATABASE_POOL_MAX: positiveInt(10, 1000),
+  DATABASE_PREPARED_STATEMENTS: optionalString.pipe(z.enum(['true', 'false']).default('true')),
   PGLITE_DIR: optionalString.pipe(z.string().default('./.data/pglite')),
   BETTER_AUTH_SECRET: optionalString,
   BETTER_AUTH_URL: optionalString.pipe(httpUrl.default('http://localhost:8000')),
@@ -94,7 +95,19 @@ export type LogLevel = (typeof LOG_LEVELS)[number];
 
 export interface Config {
   env: 'development' | 'production' | 'test';
-  database: { kind: 'postgres'; url: string; poolMax: number } | { kind: 'pglite'; dir: string };
+  database:
+    | {
+        kind: 'postgres';
+        url: string;
+        poolMax: number;
+        /**
+         * Named prepared statements for the create (DatabaseHandle.runPrepared); unset: on.
+         * Off behind a pooler that cannot keep them (PgBouncer before 1.21, or with
+         * max_prepared_statements = 0); the service also turns them off by itself there.
+         */
+        preparedStatements?: boolean;
+      }
+    | { kind: 'pglite'; dir: string };
   auth: {
     secret: string;
     /** Where the secret came from: a generated one is only fit for development. */
@@ -197,7 +210,12 @@ export function loadConfig(
   return {
     env: vars.NODE_ENV,
     database: vars.DATABASE_URL
-      ? { kind: 'postgres', url: vars.DATABASE_URL, poolMax: vars.DATABASE_POOL_MAX }
+      ? {
+          kind: 'postgres',
+          url: vars.DATABASE_URL,
+          poolMax: vars.DATABASE_POOL_MAX,
+          preparedStatements: vars.DATABASE_PREPARED_STATEMENTS === 'true',
+        }
       : { kind: 'pglite', dir: vars.PGLITE_DIR },
     auth: {
       secret,

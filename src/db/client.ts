@@ -9,8 +9,9 @@ import { drizzle as drizzlePglite } from 'drizzle-orm/pglite';
 import { migrate as migratePglite } from 'drizzle-orm/pglite/migrator';
 import pg from 'pg';
 import type { Config } from '../config.js';
-import { isDatabaseUnavailable } from './errors.js';
+import { isDatabaseUnavailable, sqlState } from './errors.js';
 import { inPooledTransaction } from './pooled-transaction.js';
+import { type Execution, runPipeline } from './prepared-pipeline.js';
 import { schema } from './schema.js';
 import { APP_ROLE } from './with-user.js';
 
@@ -38,6 +39,15 @@ export interface DatabaseHandle {
    * an extra step, and selecting the column as it is costs the database least.
    */
   runScript(script: string): Promise<ScriptRows[]>;
+  /**
+   * Runs named statements with parameters as one extended-protocol pipeline: one round trip,
+   * one implicit transaction, each statement parsed and planned once per server connection
+   * (prepared-pipeline.ts). Rows as runScript answers them. Resolves to undefined, having
+   * run nothing, where prepared statements are off: on PGlite (in-process, nothing to save),
+   * with DATABASE_PREPARED_STATEMENTS=false, or once the connections turned out not to keep
+   * them; the caller then sends the same work as a script.
+   */
+  runPrepared(executions: readonly Execution[]): Promise<ScriptRows[] | undefined>;
   /** Resolves when the database answers a trivial query. */
   ping(): Promise<void>;
   close(): Promise<void>;
@@ -156,15 +166,26 @@ export function createDatabase(
   pgliteSeed?: Blob,
 ): DatabaseHandle {
   return config.kind === 'postgres'
-    ? createPostgres(config.url, config.poolMax, onPoolError)
+    ? createPostgres(config.url, config.poolMax, config.preparedStatements ?? true, onPoolError)
     : createPglite(config.dir, pgliteSeed);
 }
+
+/**
+ * What a transaction-pooling PgBouncer without prepared-statement support answers when a
+ * statement was parsed on one server connection and is used on another: 26000 (no such
+ * statement) or 42P05 (the name exists already, from another client). Either way the
+ * pipeline ran nothing that stays: the Bind or Parse failed, and an error rolls back the
+ * pipeline's implicit transaction.
+ */
+const PREPARED_STATEMENT_LOST = new Set(['26000', '42P05']);
 
 function createPostgres(
   url: string,
   poolMax: number,
+  preparedStatements: boolean,
   onPoolError: (error: Error) => void,
 ): DatabaseHandle {
+  let prepared = preparedStatements;
   const pool = new pg.Pool({
     connectionString: url,
     max: poolMax,
@@ -196,6 +217,27 @@ function createPostgres(
       const answer: unknown = await pool.query({ text: script, types: scriptTypes });
       return rowsOfEach(answer);
     },
+    async runPrepared(executions) {
+      if (!prepared) return undefined;
+      try {
+        return await runPipeline(pool, executions, scriptTypes);
+      } catch (error) {
+        const code = sqlState(error);
+        if (code === undefined || !PREPARED_STATEMENT_LOST.has(code)) throw error;
+        if (prepared) {
+          prepared = false;
+          onPoolError(
+            new Error(
+              'the database connections do not keep prepared statements (a transaction-pooling ' +
+                'PgBouncer before 1.21, or max_prepared_statements = 0?): sending statements as ' +
+                'scripts from now on; DATABASE_PREPARED_STATEMENTS=false skips the attempt',
+              { cause: error },
+            ),
+          );
+        }
+        return undefined;
+      }
+    },
     async ping() {
       await pool.query('select 1');
     },
@@ -221,6 +263,8 @@ function createPglite(dir: string, seed: Blob | undefined): DatabaseHandle {
     async runScript(script) {
       return rowsOfEach(await client.exec(script, { parsers: pgliteScriptParsers }));
     },
+    // One in-process session: planning is a small part of a PGlite request (README).
+    runPrepared: async () => undefined,
     async ping() {
       await db.execute(sql`select 1`);
     },

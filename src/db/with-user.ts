@@ -8,6 +8,7 @@ import { PgDialect, type PgQueryResultHKT, type PgTransaction } from 'drizzle-or
 import pg from 'pg';
 import type { Database, DatabaseHandle, ScriptRows } from './client.js';
 import { inPooledTransaction } from './pooled-transaction.js';
+import type { Execution, PreparedStatement } from './prepared-pipeline.js';
 import type { schema } from './schema.js';
 
 /**
@@ -102,6 +103,27 @@ function pooledSetupOf(db: Database): PooledSetup | undefined {
 export function textLiteral(value: string): string {
   if (value.includes('\u0000')) throw new Error('a NUL character cannot be sent in SQL text');
   return pg.escapeLiteral(wellFormed(value));
+}
+
+/**
+ * A string as a statement parameter (prepared-pipeline.ts): the same text textLiteral would
+ * send, unquoted. NUL is refused for the same reason (PostgreSQL text cannot hold it).
+ */
+export function textParameter(value: string): string {
+  if (value.includes('\u0000')) throw new Error('a NUL character cannot be sent in SQL text');
+  return wellFormed(value);
+}
+
+/** The prepared form of actAsUserStatements: both settings in one planned statement. */
+export const ACT_AS_USER: PreparedStatement = {
+  name: 'todo_act_as_user',
+  text: `select set_config('role', '${APP_ROLE}', true), set_config('${USER_SETTING}', $1, true)`,
+};
+
+/** The execution that makes the rest of a pipeline the application role acting for `userId`. */
+export function actAsUser(userId: string): Execution {
+  if (userId === '') throw new Error('the user id is empty');
+  return { statement: ACT_AS_USER, values: [textParameter(userId)] };
 }
 
 /** A UTF-16 surrogate without its pair: valid in a JSON string, not in Unicode text. */

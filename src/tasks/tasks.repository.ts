@@ -1,7 +1,15 @@
 import { and, eq, sql } from 'drizzle-orm';
 import { type DatabaseHandle, rowsOf, type ScriptRows } from '../db/client.js';
 import { idempotencyKey } from '../db/schema.js';
-import { integerLiteral, runAsUser, textLiteral, withUser } from '../db/with-user.js';
+import type { PreparedStatement } from '../db/prepared-pipeline.js';
+import {
+  actAsUser,
+  integerLiteral,
+  runAsUser,
+  textLiteral,
+  textParameter,
+  withUser,
+} from '../db/with-user.js';
 import { LIST_CAP, type ListTasksQuery } from './tasks.schemas.js';
 
 export interface NewTask {
@@ -77,6 +85,12 @@ const idempotencyExpired = sql`${idempotencyKey.createdAt} < now() - make_interv
  */
 const TASK_COLUMNS =
   'id::text as id_text, user_id, title, description, completed, created_at, updated_at';
+
+/** The create, where the service may prepare statements (DatabaseHandle.runPrepared). */
+const INSERT_TASK: PreparedStatement = {
+  name: 'todo_task_insert',
+  text: `insert into task (user_id, title, description) values ($1, $2, $3) returning ${TASK_COLUMNS}`,
+};
 
 /**
  * PostgreSQL's text form of a timestamptz in DateStyle ISO (which node-postgres and Drizzle
@@ -269,6 +283,20 @@ export function createTasksRepository(
     },
 
     async create(userId: string, input: NewTask): Promise<CreatedTaskJson> {
+      if (options.unsafeSkipRowLevelSecurity !== true) {
+        const description =
+          input.description === undefined || input.description === null
+            ? null
+            : textParameter(input.description);
+        const prepared = await database.runPrepared([
+          actAsUser(userId),
+          {
+            statement: INSERT_TASK,
+            values: [textParameter(userId), textParameter(input.title), description],
+          },
+        ]);
+        if (prepared !== undefined) return createdOf(prepared[1]);
+      }
       const [rows] = await run(userId, [insertStatement(userId, input)]);
       return createdOf(rows);
     },
