@@ -15,7 +15,7 @@ import { desc, eq } from 'drizzle-orm';
 import pg from 'pg';
 import { createDatabase } from '../src/db/client.js';
 import { task, user } from '../src/db/schema.js';
-import { withUser } from '../src/db/with-user.js';
+import { inlined, withUser } from '../src/db/with-user.js';
 import { createTasksRepository } from '../src/tasks/tasks.repository.js';
 import { LIST_CAP } from '../src/tasks/tasks.schemas.js';
 
@@ -67,7 +67,7 @@ try {
     // total is known from a page that ends before the cap).
     'as the user (RLS)': () => repository.list(userId, query),
     // The same statement as the (superuser) connection user: no RLS.
-    'bare query': () => handle.runScript(statements.page),
+    'bare query': () => handle.runScript(inlined(statements.page)),
     // What the service did before: BEGIN and the settings, the page, COMMIT (three round trips).
     'transaction (old)': () =>
       withUser(db, userId, (tx) =>

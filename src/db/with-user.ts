@@ -178,6 +178,62 @@ export async function runAsUser(
   return results.slice(settings.length);
 }
 
+/** A value of a BoundStatement: text, a safe integer, a boolean, or SQL NULL. */
+export type SqlValue = string | number | boolean | null;
+
+/**
+ * A statement with `$n` placeholders and its values, runnable both ways: prepared (named,
+ * the values as parameters) or in a script (the values written in as literals). Its text
+ * holds no `$` but its placeholders; a name is given to one text only.
+ */
+export interface BoundStatement {
+  name: string;
+  text: string;
+  values: readonly SqlValue[];
+}
+
+function literalOf(value: SqlValue): string {
+  if (value === null) return 'null';
+  if (typeof value === 'string') return textLiteral(value);
+  if (typeof value === 'boolean') return String(value);
+  return integerLiteral(value);
+}
+
+function parameterOf(value: SqlValue): string | null {
+  if (value === null) return null;
+  if (typeof value === 'string') return textParameter(value);
+  if (typeof value === 'boolean') return String(value);
+  return integerLiteral(value);
+}
+
+/** The statement with its values written in, for a script. */
+export function inlined({ text, values }: BoundStatement): string {
+  return text.replace(/\$(\d+)/g, (_placeholder, position: string) => {
+    const value = values[Number(position) - 1];
+    if (value === undefined) throw new Error(`no value for $${position} in: ${text}`);
+    return literalOf(value);
+  });
+}
+
+function executionOf({ name, text, values }: BoundStatement): Execution {
+  return { statement: { name, text }, values: values.map(parameterOf) };
+}
+
+/**
+ * runAsUser for bound statements: as one prepared pipeline where the database keeps prepared
+ * statements (DatabaseHandle.runPrepared), else as the same script runAsUser sends. Either
+ * way one round trip and one implicit transaction, the role and user settings first.
+ */
+export async function runBoundAsUser(
+  database: Pick<DatabaseHandle, 'runScript' | 'runPrepared'>,
+  userId: string,
+  statements: readonly BoundStatement[],
+): Promise<ScriptRows[]> {
+  const prepared = await database.runPrepared([actAsUser(userId), ...statements.map(executionOf)]);
+  if (prepared !== undefined) return prepared.slice(1);
+  return runAsUser(database, userId, statements.map(inlined));
+}
+
 /**
  * Drizzle's node-postgres transaction (checkout, BEGIN, fn, COMMIT or ROLLBACK, release)
  * with BEGIN and the settings merged; `fn` gets the same Drizzle transaction object as from

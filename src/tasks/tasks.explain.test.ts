@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { sql } from 'drizzle-orm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestApp, type TestContext } from '../../test/helpers.js';
-import { withUser } from '../db/with-user.js';
+import { type BoundStatement, inlined, withUser } from '../db/with-user.js';
 import { createTasksRepository } from './tasks.repository.js';
 import type { ListTasksQuery } from './tasks.schemas.js';
 
@@ -11,7 +11,8 @@ import type { ListTasksQuery } from './tasks.schemas.js';
  * with 100 000 tasks is served by one of the task_user_* indexes, never by a sequential scan
  * of `task`, and its X-Total-Count by the user's counter row. The SQL is the repository's own
  * (listStatements), explained as it runs: as the application role, with row-level security
- * in force.
+ * in force, both as a script sends it (values written in) and as the generic plan of its
+ * prepared statement (which node-postgres runs once PostgreSQL settles on one).
  */
 const BIG_USER_TASKS = 100_000;
 const OTHER_USERS = 5;
@@ -63,10 +64,13 @@ function planNodes(node: PlanNode): PlanNode[] {
  * sequential scan to count a user who owns nearly every row of a small test table, which
  * says nothing about a production table where that user is one of thousands.
  */
-async function explain(statement: string): Promise<PlanNode[]> {
+async function explain(statement: string, setup: string[] = [], cleanup: string[] = []) {
   const result = await withUser(ctx.database.handle.db, bigUser, async (tx) => {
     await tx.execute(sql`select set_config('enable_seqscan', 'off', true)`);
-    return tx.execute(sql.raw(`explain (format json) ${statement}`));
+    for (const step of setup) await tx.execute(sql.raw(step));
+    const explained = await tx.execute(sql.raw(`explain (format json) ${statement}`));
+    for (const step of cleanup) await tx.execute(sql.raw(step));
+    return explained;
   });
   // Both drivers answer an object whose `rows` are the plan's one row.
   const rows: unknown =
@@ -82,8 +86,22 @@ async function explain(statement: string): Promise<PlanNode[]> {
   return planNodes(first.Plan);
 }
 
+let prepared = 0;
+
+/** The plan PostgreSQL keeps for the statement prepared, whatever the values. */
+function explainGeneric(statement: BoundStatement): Promise<PlanNode[]> {
+  const name = `explain_generic_${++prepared}`;
+  const placeholders = statement.values.map((_value, i) => `$${i + 1}`).join(', ');
+  return explain(
+    inlined({ ...statement, text: `execute ${name}(${placeholders})` }),
+    [`prepare ${name} as ${statement.text}`, 'set local plan_cache_mode = force_generic_plan'],
+    // PREPARE is not transactional: without this it would stay on the connection.
+    [`deallocate ${name}`],
+  );
+}
+
 /** The statements (page and total) the repository sends for this user and query. */
-function listStatements(query: ListTasksQuery): { page: string; total: string } {
+function listStatements(query: ListTasksQuery) {
   return createTasksRepository(ctx.database.handle).listStatements(bigUser, query);
 }
 
@@ -102,14 +120,19 @@ const SHAPES = (['all', 'pending', 'completed'] as const).flatMap((status) =>
   ),
 );
 
+const PLANS = [
+  { plan: 'as a script', of: (statement: BoundStatement) => explain(inlined(statement)) },
+  { plan: 'prepared (generic plan)', of: explainGeneric },
+];
+
 describe(`list queries at ${BIG_USER_TASKS} tasks`, () => {
-  it.each(SHAPES)(
-    'when the user with 100 000 tasks lists with $name, then the page uses a task_user_* index, the total its counter row, and neither scans task',
-    async ({ query }) => {
+  it.each(SHAPES.flatMap((shape) => PLANS.map((plan) => ({ ...shape, ...plan }))))(
+    'when the user with 100 000 tasks lists with $name ($plan), then the page uses a task_user_* index, the total its counter row, and neither scans task',
+    async ({ query, of }) => {
       const { page, total } = listStatements(query);
       {
-        const nodes = await explain(page);
-        const plan = `${page}\n${nodes
+        const nodes = await of(page);
+        const plan = `${page.text}\n${nodes
           .map((node) =>
             [node['Node Type'], node['Relation Name'], node['Index Name']]
               .filter(Boolean)
@@ -132,8 +155,8 @@ describe(`list queries at ${BIG_USER_TASKS} tasks`, () => {
         ).toEqual([]);
       }
       // X-Total-Count: one primary-key read of the user's counter, never a count of tasks.
-      const nodes = await explain(total);
-      const plan = `${total}\n${JSON.stringify(nodes)}`;
+      const nodes = await of(total);
+      const plan = `${total.text}\n${JSON.stringify(nodes)}`;
       expect(
         nodes.filter((node) => node['Relation Name'] === 'task'),
         plan,

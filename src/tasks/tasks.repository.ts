@@ -1,13 +1,11 @@
 import { and, eq, sql } from 'drizzle-orm';
 import { type DatabaseHandle, rowsOf, type ScriptRows } from '../db/client.js';
 import { idempotencyKey } from '../db/schema.js';
-import type { PreparedStatement } from '../db/prepared-pipeline.js';
 import {
-  actAsUser,
-  integerLiteral,
-  runAsUser,
-  textLiteral,
-  textParameter,
+  type BoundStatement,
+  inlined,
+  runBoundAsUser,
+  type SqlValue,
   withUser,
 } from '../db/with-user.js';
 import { LIST_CAP, type ListTasksQuery } from './tasks.schemas.js';
@@ -85,12 +83,6 @@ const idempotencyExpired = sql`${idempotencyKey.createdAt} < now() - make_interv
  */
 const TASK_COLUMNS =
   'id::text as id_text, user_id, title, description, completed, created_at, updated_at';
-
-/** The create, where the service may prepare statements (DatabaseHandle.runPrepared). */
-const INSERT_TASK: PreparedStatement = {
-  name: 'todo_task_insert',
-  text: `insert into task (user_id, title, description) values ($1, $2, $3) returning ${TASK_COLUMNS}`,
-};
 
 /**
  * PostgreSQL's text form of a timestamptz in DateStyle ISO (which node-postgres and Drizzle
@@ -191,13 +183,16 @@ function createdOf(rows: ScriptRows | undefined): CreatedTaskJson {
  * Data access for tasks. Every function takes the owner first and puts it in the WHERE
  * clause: a task that is missing and one that belongs to someone else are the same `null`.
  * Every statement also runs as the database role that row-level security confines to that
- * owner's rows (runAsUser, withUser): the second wall, should a WHERE clause ever be wrong.
+ * owner's rows (runBoundAsUser, withUser): the second wall, should a WHERE clause ever be
+ * wrong.
  *
  * The routes' statements are written out here rather than built by Drizzle per request: they
- * travel with the role and user settings as one message (one round trip, no BEGIN/COMMIT),
- * and their rows become the response's JSON text directly (taskJson). Building them with
- * Drizzle on every request was the largest single cost in the service's own profile. Values
- * are inlined by textLiteral and integerLiteral, which accept only strings without NUL and
+ * travel with the role and user settings in one round trip and one implicit transaction (no
+ * BEGIN/COMMIT), and their rows become the response's JSON text directly (taskJson). Building
+ * them with Drizzle on every request was the largest single cost in the service's own
+ * profile. Each is a BoundStatement: named and prepared where the database keeps prepared
+ * statements (parsed and planned once per connection), else sent as a script with its values
+ * written in by textLiteral and integerLiteral, which accept only strings without NUL and
  * safe integers.
  */
 export function createTasksRepository(
@@ -207,51 +202,74 @@ export function createTasksRepository(
   const { db } = database;
   const ownerFilter = options.unsafeOmitOwnerFilter !== true;
 
-  /** `user_id = '…'`, or (tests of row-level security alone) nothing. */
-  const ownedBy = (userId: string) => (ownerFilter ? `user_id = ${textLiteral(userId)}` : 'true');
-  const owned = (userId: string, id: number) => `${ownedBy(userId)} and id = ${integerLiteral(id)}`;
+  /**
+   * Every statement's owner is `$1`. Without the owner filter (tests of row-level security
+   * alone) the parameter stays, typed and always true, so the values keep their places.
+   */
+  const owner = ownerFilter ? 'user_id = $1' : '$1::text is not null';
+  // The other text has another name: a name is given to one text only.
+  const bound = (name: string, text: string, values: SqlValue[]): BoundStatement => ({
+    name: `todo_${ownerFilter ? '' : 'unfiltered_'}${name}`,
+    text,
+    values,
+  });
 
-  const run = (userId: string, statements: string[]) =>
+  const run = (userId: string, statements: BoundStatement[]) =>
     options.unsafeSkipRowLevelSecurity === true
-      ? database.runScript(statements.join(';\n'))
-      : runAsUser(database, userId, statements);
+      ? database.runScript(statements.map(inlined).join(';\n'))
+      : runBoundAsUser(database, userId, statements);
 
-  /** The create's statement: the plain route sends it alone, the idempotent one in its transaction. */
-  const insertStatement = (userId: string, input: NewTask) => {
-    const description =
-      input.description === undefined || input.description === null
-        ? 'null'
-        : textLiteral(input.description);
-    return (
-      'insert into task (user_id, title, description) ' +
-      `values (${textLiteral(userId)}, ${textLiteral(input.title)}, ${description}) ` +
-      `returning ${TASK_COLUMNS}`
+  /** The create's statement: the plain route runs it alone, the idempotent one in its transaction. */
+  const insertStatement = (userId: string, input: NewTask) =>
+    bound(
+      'task_insert',
+      `insert into task (user_id, title, description) values ($1, $2, $3) returning ${TASK_COLUMNS}`,
+      [userId, input.title, input.description ?? null],
     );
-  };
 
-  const update = async (userId: string, id: number, assignments: string[]) => {
+  /** `assignments` name their values `$3`, `$4` … in the order of `values`. */
+  const update = async (
+    userId: string,
+    id: number,
+    name: string,
+    assignments: string[],
+    values: SqlValue[],
+  ) => {
     const [rows] = await run(userId, [
-      `update task set ${[...assignments, 'updated_at = now()'].join(', ')} ` +
-        `where ${owned(userId, id)} returning ${TASK_COLUMNS}`,
+      bound(
+        name,
+        `update task set ${[...assignments, 'updated_at = now()'].join(', ')} ` +
+          `where ${owner} and id = $2 returning ${TASK_COLUMNS}`,
+        [userId, id, ...values],
+      ),
     ]);
     return bodyOf(rows);
   };
 
   return {
     /**
-     * The page's statement and the total's, as sent (the EXPLAIN test reads them). The total
-     * is the user's counter row, one primary-key read however many tasks they have (no row:
-     * no task yet, 0).
+     * The page's statement and the total's. The total is the user's counter row, one
+     * primary-key read however many tasks they have (no row: no task yet, 0). The EXPLAIN
+     * test reads them, inlined as a script sends them and prepared as a generic plan.
      */
-    listStatements(userId: string, query: ListTasksQuery): { page: string; total: string } {
+    listStatements(
+      userId: string,
+      query: ListTasksQuery,
+    ): { page: BoundStatement; total: BoundStatement } {
       const status =
         query.status === 'all' ? '' : ` and completed = ${String(query.status === 'completed')}`;
-      const limit = integerLiteral(query.limit ?? LIST_CAP);
       return {
-        page:
-          `select ${TASK_COLUMNS} from task where ${ownedBy(userId)}${status} ` +
-          `order by ${ORDER_BY[query.sort]} limit ${limit} offset ${integerLiteral(query.offset)}`,
-        total: `select ${TOTAL_OF[query.status]} as total from task_count where ${ownedBy(userId)}`,
+        page: bound(
+          `list_${query.status}_${query.sort}`,
+          `select ${TASK_COLUMNS} from task where ${owner}${status} ` +
+            `order by ${ORDER_BY[query.sort]} limit $2 offset $3`,
+          [userId, query.limit ?? LIST_CAP, query.offset],
+        ),
+        total: bound(
+          `total_${query.status}`,
+          `select ${TOTAL_OF[query.status]} as total from task_count where ${owner}`,
+          [userId],
+        ),
       };
     },
 
@@ -277,26 +295,15 @@ export function createTasksRepository(
 
     async get(userId: string, id: number): Promise<string | null> {
       const [rows] = await run(userId, [
-        `select ${TASK_COLUMNS} from task where ${owned(userId, id)}`,
+        bound('task_get', `select ${TASK_COLUMNS} from task where ${owner} and id = $2`, [
+          userId,
+          id,
+        ]),
       ]);
       return bodyOf(rows);
     },
 
     async create(userId: string, input: NewTask): Promise<CreatedTaskJson> {
-      if (options.unsafeSkipRowLevelSecurity !== true) {
-        const description =
-          input.description === undefined || input.description === null
-            ? null
-            : textParameter(input.description);
-        const prepared = await database.runPrepared([
-          actAsUser(userId),
-          {
-            statement: INSERT_TASK,
-            values: [textParameter(userId), textParameter(input.title), description],
-          },
-        ]);
-        if (prepared !== undefined) return createdOf(prepared[1]);
-      }
       const [rows] = await run(userId, [insertStatement(userId, input)]);
       return createdOf(rows);
     },
@@ -345,7 +352,7 @@ export function createTasksRepository(
           };
         }
 
-        const inserted = await tx.execute(sql.raw(insertStatement(userId, input)));
+        const inserted = await tx.execute(sql.raw(inlined(insertStatement(userId, input))));
         const response = respond(createdOf(rowsOf(inserted)));
         await tx
           .update(idempotencyKey)
@@ -361,26 +368,32 @@ export function createTasksRepository(
 
     update(userId: string, id: number, changes: TaskChanges): Promise<string | null> {
       const assignments: string[] = [];
-      if (changes.title !== undefined) assignments.push(`title = ${textLiteral(changes.title)}`);
-      if (changes.description !== undefined) {
-        const value = changes.description === null ? 'null' : textLiteral(changes.description);
-        assignments.push(`description = ${value}`);
-      }
-      if (changes.completed !== undefined) {
-        assignments.push(`completed = ${String(changes.completed)}`);
-      }
-      return update(userId, id, assignments);
+      const values: SqlValue[] = [];
+      const assign = (column: string, value: SqlValue) => {
+        values.push(value);
+        assignments.push(`${column} = $${values.length + 2}`);
+      };
+      if (changes.title !== undefined) assign('title', changes.title);
+      if (changes.description !== undefined) assign('description', changes.description);
+      if (changes.completed !== undefined) assign('completed', changes.completed);
+      // Each set of columns is its own text, so its own name.
+      const columns = assignments.map((assignment) => assignment.split(' ')[0]).join('_');
+      return update(userId, id, `task_update_${columns}`, assignments, values);
     },
 
     /** Sets `completed`, or flips it in SQL when not given, so concurrent toggles never race. */
     setCompleted(userId: string, id: number, completed?: boolean): Promise<string | null> {
-      const value = completed === undefined ? 'not completed' : String(completed);
-      return update(userId, id, [`completed = ${value}`]);
+      return completed === undefined
+        ? update(userId, id, 'task_toggle', ['completed = not completed'], [])
+        : update(userId, id, 'task_set_completed', ['completed = $3'], [completed]);
     },
 
     async delete(userId: string, id: number): Promise<boolean> {
       const [rows] = await run(userId, [
-        `delete from task where ${owned(userId, id)} returning id`,
+        bound('task_delete', `delete from task where ${owner} and id = $2 returning id`, [
+          userId,
+          id,
+        ]),
       ]);
       return (rows ?? []).length > 0;
     },
