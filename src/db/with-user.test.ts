@@ -3,7 +3,7 @@ import { sql } from 'drizzle-orm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { signToken, startTestApp, type TestContext } from '../../test/helpers.js';
 import { task, user } from './schema.js';
-import { APP_ROLE, runAsUser, withUser } from './with-user.js';
+import { APP_ROLE, inlined, runAsUser, withUser } from './with-user.js';
 
 let ctx: TestContext;
 beforeAll(async () => {
@@ -69,5 +69,27 @@ describe('withUser', () => {
     await expect(runAsUser(ctx.database.handle, '', ['select 1'])).rejects.toThrow(
       /user id is empty/,
     );
+  });
+});
+
+describe('inlined (the script form of a bound statement)', () => {
+  it('when values hold quotes, backslashes or placeholder-like text, then each becomes one literal at its placeholder only', () => {
+    const statement = {
+      name: 'test_inlined',
+      text: 'select $1, $2, $3, $4, $1',
+      values: ["it's $2 \\ done", 5, true, null],
+    };
+    expect(inlined(statement)).toBe(
+      // escapeLiteral writes a string with a backslash as " E'…'", space included.
+      "select  E'it''s $2 \\\\ done', 5, true, null,  E'it''s $2 \\\\ done'",
+    );
+  });
+
+  it('when a placeholder has no value, or a value is not a safe integer or NUL-free text, then it refuses', () => {
+    expect(() => inlined({ name: 'x', text: 'select $2', values: ['a'] })).toThrow(
+      /no value for \$2/,
+    );
+    expect(() => inlined({ name: 'x', text: 'select $1', values: [1.5] })).toThrow();
+    expect(() => inlined({ name: 'x', text: 'select $1', values: ['a\u0000b'] })).toThrow(/NUL/);
   });
 });
