@@ -32,7 +32,7 @@ const parsedOn = new WeakMap<pg.Connection, Map<string, string>>();
  * which would end the transaction between them, hence this Submittable (node-postgres's own
  * extension point, as pg-cursor uses it).
  *
- * The statements must already be parsed on the connection (see parseMissing): after an error
+ * The statements must already be parsed on the connection (runPipeline sees to it): after an error
  * PostgreSQL skips every message up to Sync, and a Parse among them would be lost unseen.
  */
 class ExecutionPipeline implements pg.Submittable {

@@ -101,29 +101,33 @@ function pooledSetupOf(db: Database): PooledSetup | undefined {
  * text there): refused, as the validators already refuse it in every field.
  */
 export function textLiteral(value: string): string {
-  if (value.includes('\u0000')) throw new Error('a NUL character cannot be sent in SQL text');
-  return pg.escapeLiteral(wellFormed(value));
+  return pg.escapeLiteral(textParameter(value));
 }
 
 /**
  * A string as a statement parameter (prepared-pipeline.ts): the same text textLiteral would
  * send, unquoted. NUL is refused for the same reason (PostgreSQL text cannot hold it).
  */
-export function textParameter(value: string): string {
+function textParameter(value: string): string {
   if (value.includes('\u0000')) throw new Error('a NUL character cannot be sent in SQL text');
   return wellFormed(value);
 }
 
 /** The prepared form of actAsUserStatements: both settings in one planned statement. */
-export const ACT_AS_USER: PreparedStatement = {
+const ACT_AS_USER: PreparedStatement = {
   name: 'todo_act_as_user',
   text: `select set_config('role', '${APP_ROLE}', true), set_config('${USER_SETTING}', $1, true)`,
 };
 
 /** The execution that makes the rest of a pipeline the application role acting for `userId`. */
 export function actAsUser(userId: string): Execution {
+  return { statement: ACT_AS_USER, values: [textParameter(actingUserId(userId))] };
+}
+
+/** An empty id would match no row anyway; refusing it makes the mistake loud. */
+function actingUserId(userId: string): string {
   if (userId === '') throw new Error('the user id is empty');
-  return { statement: ACT_AS_USER, values: [textParameter(userId)] };
+  return userId;
 }
 
 /** A UTF-16 surrogate without its pair: valid in a JSON string, not in Unicode text. */
@@ -151,9 +155,10 @@ export function integerLiteral(value: number): string {
  * implicit transaction of a multi-statement message it lasts until the message ends.
  */
 export function actAsUserStatements(userId: string): readonly [string, string] {
-  // An empty id would match no row anyway; refusing it makes the mistake loud.
-  if (userId === '') throw new Error('the user id is empty');
-  return [`set local role ${APP_ROLE}`, `set local ${USER_SETTING} = ${textLiteral(userId)}`];
+  return [
+    `set local role ${APP_ROLE}`,
+    `set local ${USER_SETTING} = ${textLiteral(actingUserId(userId))}`,
+  ];
 }
 
 /** `BEGIN` and both settings in one simple-protocol message (see pooledWithUser). */

@@ -367,18 +367,18 @@ export function createTasksRepository(
     },
 
     update(userId: string, id: number, changes: TaskChanges): Promise<string | null> {
-      const assignments: string[] = [];
+      const columns: string[] = [];
       const values: SqlValue[] = [];
       const assign = (column: string, value: SqlValue) => {
+        columns.push(column);
         values.push(value);
-        assignments.push(`${column} = $${values.length + 2}`);
       };
       if (changes.title !== undefined) assign('title', changes.title);
       if (changes.description !== undefined) assign('description', changes.description);
       if (changes.completed !== undefined) assign('completed', changes.completed);
       // Each set of columns is its own text, so its own name.
-      const columns = assignments.map((assignment) => assignment.split(' ')[0]).join('_');
-      return update(userId, id, `task_update_${columns}`, assignments, values);
+      const assignments = columns.map((column, i) => `${column} = $${i + 3}`);
+      return update(userId, id, `task_update_${columns.join('_')}`, assignments, values);
     },
 
     /** Sets `completed`, or flips it in SQL when not given, so concurrent toggles never race. */
