@@ -1,6 +1,6 @@
 import { mkdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { PGlite, types as pgliteTypes } from '@electric-sql/pglite';
+import { PGlite } from '@electric-sql/pglite';
 import { sql } from 'drizzle-orm';
 import { readMigrationFiles } from 'drizzle-orm/migrator';
 import { drizzle as drizzlePg, NodePgSession, NodePgTransaction } from 'drizzle-orm/node-postgres';
@@ -33,10 +33,8 @@ export interface DatabaseHandle {
    * simple-protocol Query message: one round trip. PostgreSQL runs the statements of one such
    * message, in order, as one implicit transaction (an error stops and rolls back all of
    * them, and the connection is left clean); a transaction-pooling PgBouncer hands the
-   * message to one server connection. Resolves to each statement's rows, with `timestamptz`
-   * values as PostgreSQL's text (DateStyle ISO, as Drizzle also answers them): the task
-   * routes write them into JSON directly (isoTimeOfTimestamptz), where a Date would only be
-   * an extra step, and selecting the column as it is costs the database least.
+   * message to one server connection. Resolves to each statement's rows as the driver
+   * decodes them (the task routes select their timestamps as text: TASK_COLUMNS).
    */
   runScript(script: string): Promise<ScriptRows[]>;
   /**
@@ -138,19 +136,6 @@ export function rowsOf(result: unknown): ScriptRows {
   return rows;
 }
 
-const asText = (value: string) => value;
-
-/** node-postgres's own parsers, but for timestamptz, which stays text (see runScript). */
-const scriptTypes = {
-  getTypeParser: ((oid: number, format?: 'text' | 'binary') =>
-    oid === pg.types.builtins.TIMESTAMPTZ
-      ? asText
-      : pg.types.getTypeParser(oid, format)) as typeof pg.types.getTypeParser,
-};
-
-/** The same for PGlite. */
-const pgliteScriptParsers = { [pgliteTypes.TIMESTAMPTZ]: asText };
-
 /** The rows of each statement from a driver's answer to a multi-statement script. */
 function rowsOfEach(answer: unknown): ScriptRows[] {
   return (Array.isArray(answer) ? answer : [answer]).map(rowsOf);
@@ -214,13 +199,13 @@ function createPostgres(
     },
     async runScript(script) {
       // node-postgres answers one result for one statement and an array for several.
-      const answer: unknown = await pool.query({ text: script, types: scriptTypes });
+      const answer: unknown = await pool.query(script);
       return rowsOfEach(answer);
     },
     async runPrepared(executions) {
       if (!prepared) return undefined;
       try {
-        return await runPipeline(pool, executions, scriptTypes);
+        return await runPipeline(pool, executions);
       } catch (error) {
         const code = sqlState(error);
         if (code === undefined || !PREPARED_STATEMENT_LOST.has(code)) throw error;
@@ -261,7 +246,7 @@ function createPglite(dir: string, seed: Blob | undefined): DatabaseHandle {
       await verifyAppRole(db);
     },
     async runScript(script) {
-      return rowsOfEach(await client.exec(script, { parsers: pgliteScriptParsers }));
+      return rowsOfEach(await client.exec(script));
     },
     // One in-process session: planning is a small part of a PGlite request (README).
     runPrepared: async () => undefined,

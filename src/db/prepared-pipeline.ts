@@ -44,7 +44,6 @@ class ExecutionPipeline implements pg.Submittable {
 
   constructor(
     private readonly executions: readonly Execution[],
-    private readonly types: { getTypeParser: (oid: number, format: 'text') => Parser },
     public callback: (error: Error | null, results?: ScriptRows[]) => void,
   ) {}
 
@@ -64,8 +63,8 @@ class ExecutionPipeline implements pg.Submittable {
 
   handleRowDescription(message: { fields: Field[] }): void {
     this.fields = message.fields;
-    this.parsers = message.fields.map((field) =>
-      this.types.getTypeParser(field.dataTypeID, 'text'),
+    this.parsers = message.fields.map((field): Parser =>
+      pg.types.getTypeParser(field.dataTypeID, 'text'),
     );
   }
 
@@ -172,7 +171,6 @@ function connectionOf(client: pg.PoolClient): pg.Connection {
 export async function runPipeline(
   pool: pg.Pool,
   executions: readonly Execution[],
-  types: { getTypeParser: (oid: number, format: 'text') => Parser },
 ): Promise<ScriptRows[]> {
   const client = await pool.connect();
   let broken: Error | undefined;
@@ -202,7 +200,7 @@ export async function runPipeline(
     }
     return await new Promise<ScriptRows[]>((resolve, reject) => {
       client.query(
-        new ExecutionPipeline(executions, types, (error, results) =>
+        new ExecutionPipeline(executions, (error, results) =>
           error ? reject(error) : resolve(results ?? []),
         ),
       );

@@ -191,7 +191,7 @@ describe('isoTimeOfTimestamptz', () => {
     const user = await createUserAndToken();
     const created = await createTask(ctx.app, user);
     const [, , rows] = await ctx.database.handle.runScript(
-      `set local timezone = 'Asia/Kathmandu'; show timezone; select created_at from task where id = ${created.id}`,
+      `set local timezone = 'Asia/Kathmandu'; show timezone; select created_at::text from task where id = ${created.id}`,
     );
     const text: unknown = rows?.[0]?.created_at;
     expect(text).toMatch(/\+05:45$/);
