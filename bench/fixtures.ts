@@ -134,6 +134,8 @@ export function requestPlans(population: Population) {
       if (slot % 10 === 9) return toggleOf(slot);
       return list(reader(slot));
     }),
+    /** The mix for the reference, which has no toggle: 8 lists and 2 creates in every 10. */
+    referenceMix: plan((slot) => (slot % 5 === 4 ? create(writer(slot)) : list(reader(slot)))),
     page50Small: plan((slot) => list(reader(slot), '?limit=50')),
     page50Big: plan(() => list(population.bigUserToken, '?limit=50')),
   } satisfies Record<string, RequestPlan>;

@@ -26,6 +26,7 @@ import {
   WRITERS,
 } from './fixtures.js';
 import { type LoadSpec, runLoad } from './load.js';
+import { measurePgliteAlone, type PgliteAloneResult } from './pglite-alone.js';
 import { type BenchPgBouncer, startPgBouncer } from './pgbouncer.js';
 import {
   checkTargets,
@@ -399,6 +400,24 @@ async function main(options: Options) {
         if (reference) await measure(id, label, 'reference', reference, closedLoop(plan));
       }
     }
+    // The machine's own ceiling at the open-loop rate: the reference, offered the same rate
+    // from as many connections, answers whether a miss there is the service's or the machine's.
+    const openLoop = (plan: RequestPlan): LoadSpec => ({
+      connections: options.openConnections,
+      durationSeconds: options.openDuration,
+      overallRate: options.openRate,
+      rampUpSeconds: RAMP_UP_SECONDS,
+      plan,
+    });
+    if (reference && options.only.has('open')) {
+      await measure(
+        'open',
+        'list/create, fixed rate',
+        'reference',
+        reference,
+        openLoop(plans.referenceMix),
+      );
+    }
     if (reference) {
       await reference.stop();
       servers.splice(servers.indexOf(reference), 1);
@@ -431,13 +450,7 @@ async function main(options: Options) {
       await measure('mix', 'mix 80/20', 'service', service, closedLoop(plans.mix));
     }
     if (options.only.has('open')) {
-      await measure('open', 'mix, fixed rate', 'service', service, {
-        connections: options.openConnections,
-        durationSeconds: options.openDuration,
-        overallRate: options.openRate,
-        rampUpSeconds: RAMP_UP_SECONDS,
-        plan: plans.mix,
-      });
+      await measure('open', 'mix, fixed rate', 'service', service, openLoop(plans.mix));
     }
     if (options.only.has('closed')) {
       await measure('closed', 'mix, closed loop', 'service', service, {
@@ -473,6 +486,18 @@ async function main(options: Options) {
       soak = soakRecord(options.soakDuration, samples);
     }
 
+    let pgliteAlone: PgliteAloneResult | null = null;
+    if (options.kind === 'pglite' && options.only.has('list20') && database.pgliteDir) {
+      // PGlite holds its directory exclusively: the service lets go of it first.
+      await service.stop();
+      servers.splice(servers.indexOf(service), 1);
+      say(`bench: list 20 on PGlite alone, in this process (${options.duration} s)`);
+      pgliteAlone = await measurePgliteAlone(database.pgliteDir, options.duration);
+      say(
+        `       ${pgliteAlone.listsPerSecond.toFixed(0)} lists/s, CPU ${pgliteAlone.cpuUsPerList.toFixed(0)} µs/list`,
+      );
+    }
+
     const ratios: Ratio[] = (
       [
         ['list20', 'list 20 service/reference'],
@@ -490,6 +515,7 @@ async function main(options: Options) {
       rlsRatio,
       pageRatio,
       soak,
+      pgliteAlone,
       databaseKind: options.kind,
     });
 
@@ -505,6 +531,11 @@ async function main(options: Options) {
       ...(pageRatio === null
         ? []
         : [`page 50, 100k-task user / 20-task user (p50): ${pageRatio.toFixed(2)}`]),
+      ...(pgliteAlone
+        ? [
+            `list 20 on PGlite alone (the service's list in process, no HTTP): ${pgliteAlone.listsPerSecond.toFixed(0)} lists/s, CPU ${pgliteAlone.cpuUsPerList.toFixed(0)} µs/list`,
+          ]
+        : []),
       ...(soak
         ? [
             `soak: RSS ${soak.samples.map((sample) => sample.rssMb.toFixed(0)).join(' ')} MB; growth ${soak.growthPercent?.toFixed(1) ?? 'n/a'} %`,
@@ -542,6 +573,7 @@ async function main(options: Options) {
           scenarios: records,
           ratios,
           pageLatencyRatio: pageRatio,
+          pgliteAlone,
           soak,
           targets,
         },
