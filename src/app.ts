@@ -9,6 +9,7 @@ import betterAuthRoutes from './auth/better-auth.routes.js';
 import type { Config } from './config.js';
 import { createDatabase, type DatabaseHandle } from './db/client.js';
 import databasePlugin from './db/database.plugin.js';
+import { limitActiveRequests } from './plugins/active-requests.js';
 import docsPlugin from './plugins/docs.js';
 import errorHandler, { answerClientError, answerFrameworkError } from './plugins/error-handler.js';
 import healthRoutes from './plugins/health.routes.js';
@@ -109,8 +110,13 @@ export async function buildApp(
   // otherwise hold the server open for KEEP_ALIVE_TIMEOUT_MS after its last in-flight request
   // (Node closes only the connections idle at the moment the server stops listening).
   let closing = false;
+  const activeRequests =
+    config.http.maxActiveRequests > 0
+      ? limitActiveRequests(app.server, config.http.maxActiveRequests)
+      : undefined;
   app.addHook('preClose', async () => {
     closing = true;
+    await activeRequests?.releaseAll();
   });
   app.addHook('onSend', async (_request, reply, payload) => {
     if (closing) reply.header('connection', 'close');

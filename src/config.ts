@@ -88,6 +88,7 @@ const envSchema = z.object({
   TRUST_PROXY: optionalString.pipe(z.enum(['true', 'false']).default('false')),
   REQUEST_TIMEOUT_MS: positiveInt(30_000, 3_600_000),
   KEEP_ALIVE_TIMEOUT_MS: positiveInt(5_000, 3_600_000),
+  HTTP_MAX_ACTIVE_REQUESTS: nonNegativeInt(64, 1_000_000),
   WEB_CONCURRENCY: positiveInt(1, MAX_WORKERS),
 });
 
@@ -144,6 +145,11 @@ export interface Config {
     requestTimeoutMs: number;
     /** An idle keep-alive connection is closed after this. */
     keepAliveTimeoutMs: number;
+    /**
+     * Requests handled at once before a keep-alive connection's next request is left unread
+     * until one finishes (src/plugins/active-requests.ts); 0: no limit.
+     */
+    maxActiveRequests: number;
   };
   /**
    * WEB_CONCURRENCY: server processes on the one PORT. 1 is the plain process; more makes it
@@ -241,6 +247,7 @@ export function loadConfig(
     http: {
       requestTimeoutMs: vars.REQUEST_TIMEOUT_MS,
       keepAliveTimeoutMs: vars.KEEP_ALIVE_TIMEOUT_MS,
+      maxActiveRequests: vars.HTTP_MAX_ACTIVE_REQUESTS,
     },
     workers: vars.WEB_CONCURRENCY,
   };

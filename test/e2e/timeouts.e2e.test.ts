@@ -199,6 +199,10 @@ describe('timeout configuration', () => {
 
   it('when the timeouts are not set, then requests get 30 s and idle keep-alive connections 5 s', () => {
     const config = loadConfig({ NODE_ENV: 'test', BETTER_AUTH_SECRET: 'x'.repeat(32) });
-    expect(config.http).toEqual({ requestTimeoutMs: 30_000, keepAliveTimeoutMs: 5_000 });
+    expect(config.http).toEqual({
+      requestTimeoutMs: 30_000,
+      keepAliveTimeoutMs: 5_000,
+      maxActiveRequests: 64,
+    });
   });
 });
