@@ -118,7 +118,46 @@ describe('the limit on requests in progress', () => {
     running.finish('/held-2');
     await until(() => held.statuses().length === 2, 'the answer to /held-2');
     expect(held.statuses()).toEqual([200, 200]);
-    expect(running.limiter.held).toBe(0);
+  });
+
+  it('when a connection gets its answer while others wait, then it queues behind them', async () => {
+    running = await startControlledServer(1);
+    const { busy } = await holdOneConnection(running);
+    running.finish('/busy');
+    await until(() => busy.statuses().length === 1, 'the answer to /busy');
+    await until(() => running?.seen.includes('/held-2') === true, '/held-2 to be read');
+    busy.send('/busy-2');
+
+    await sleep(200);
+    // Resumed in turn: /busy-2 waits for /held-2, whose connection was paused first.
+    expect(running.seen).not.toContain('/busy-2');
+    running.finish('/held-2');
+    await until(() => running?.seen.includes('/busy-2') === true, '/busy-2 to be read');
+    running.finish('/busy-2');
+    await until(() => busy.statuses().length === 2, 'the answer to /busy-2');
+  });
+
+  it('when a resumed connection closes without another request, then the next one waiting is resumed', async () => {
+    running = await startControlledServer(1);
+    const first = running.client();
+    first.send('/first-1');
+    await until(() => running?.seen.includes('/first-1') === true, '/first-1');
+    const second = running.client();
+    second.send('/second-1');
+    await until(() => running?.seen.includes('/second-1') === true, '/second-1');
+    running.finish('/first-1');
+    await until(() => first.statuses().length === 1, 'the answer to /first-1');
+    // first is held; second queues behind it, so first is resumed and holds the one place.
+    running.finish('/second-1');
+    await until(() => second.statuses().length === 1, 'the answer to /second-1');
+    second.send('/second-2');
+    await sleep(100);
+    expect(running.seen).not.toContain('/second-2');
+
+    first.socket.end();
+    await until(() => running?.seen.includes('/second-2') === true, '/second-2 to be read');
+    running.finish('/second-2');
+    await until(() => second.statuses().length === 2, 'the answer to /second-2');
   });
 
   it('when below the limit, then the next request on a connection is read at once', async () => {

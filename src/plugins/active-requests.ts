@@ -16,8 +16,10 @@ import { setImmediate as nextLoopTurn } from 'node:timers/promises';
  * it can be served, and it is served as fast as at 64 connections. The requests still wait as
  * long in all, only elsewhere.
  *
- * A new connection's first request is always read (it is not known to be keep-alive yet), and
- * a connection being closed is never paused.
+ * Paused connections are resumed in the order they were paused, and a connection that gets
+ * its answer while others wait queues behind them, so that no client overtakes another. A new
+ * connection's first request is always read (it is not known to be keep-alive yet), and a
+ * connection being closed is never paused.
  */
 export interface ActiveRequestLimit {
   /** Requests being handled now. */
@@ -40,37 +42,60 @@ interface HeldConnection {
 
 export function limitActiveRequests(server: Server, limit: number): ActiveRequestLimit {
   let active = 0;
+  // Resumed connections whose next request has not been read yet: each holds a place, or a
+  // burst of resumes before their requests arrive would overshoot the limit.
+  let resuming = 0;
   let releasing = false;
   const held: HeldConnection[] = [];
+  const resumed = new WeakSet<Socket>();
+  const watched = new WeakSet<Socket>();
 
   const resume = ({ socket, idleTimeoutMs }: HeldConnection): boolean => {
     if (socket.destroyed) return false;
     socket.setTimeout(idleTimeoutMs);
+    resumed.add(socket);
+    resuming++;
     socket.resume();
     return true;
   };
-  const resumeOldest = () => {
-    for (let next = held.shift(); next !== undefined; next = held.shift()) {
-      if (resume(next)) return;
+  /** Resumes the oldest held connections while there is room. */
+  const admit = () => {
+    while (active + resuming < limit) {
+      const next = held.shift();
+      if (next === undefined) return;
+      resume(next);
     }
+  };
+  /** A resumed connection that closes without another request gives its place back. */
+  const watch = (socket: Socket) => {
+    if (watched.has(socket)) return;
+    watched.add(socket);
+    socket.once('close', () => {
+      if (!resumed.delete(socket)) return;
+      resuming--;
+      admit();
+    });
   };
 
   server.on('request', (request, response) => {
+    const { socket } = request;
+    if (resumed.delete(socket)) resuming--;
     active++;
     // 'close' follows 'finish', where Node has just armed the keep-alive timeout, and also
     // comes when the client went away before its answer.
     response.once('close', () => {
       active--;
-      const { socket } = request;
-      if (!releasing && active >= limit && socket.writable && !socket.destroyed) {
+      // Behind the others already waiting, not ahead of them: first come, first read.
+      const mustWait = held.length > 0 || active + resuming >= limit;
+      if (!releasing && mustWait && socket.writable && !socket.destroyed) {
+        watch(socket);
         held.push({ socket, idleTimeoutMs: socket.timeout ?? 0 });
         // Node's keep-alive timer would otherwise close a connection held longer than
         // KEEP_ALIVE_TIMEOUT_MS, dropping the request its client has already sent.
         socket.setTimeout(0);
         socket.pause();
-      } else {
-        resumeOldest();
       }
+      admit();
     });
   });
 
