@@ -59,3 +59,7 @@ export async function measurePgliteAlone(dir: string, seconds: number): Promise<
     await database.close();
   }
 }
+
+export function describePgliteAlone(result: PgliteAloneResult): string {
+  return `${result.listsPerSecond.toFixed(0)} lists/s, CPU ${result.cpuUsPerList.toFixed(0)} µs/list`;
+}

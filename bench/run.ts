@@ -26,7 +26,7 @@ import {
   WRITERS,
 } from './fixtures.js';
 import { type LoadSpec, runLoad } from './load.js';
-import { measurePgliteAlone, type PgliteAloneResult } from './pglite-alone.js';
+import { describePgliteAlone, measurePgliteAlone, type PgliteAloneResult } from './pglite-alone.js';
 import { type BenchPgBouncer, startPgBouncer } from './pgbouncer.js';
 import {
   checkTargets,
@@ -493,9 +493,7 @@ async function main(options: Options) {
       servers.splice(servers.indexOf(service), 1);
       say(`bench: list 20 on PGlite alone, in this process (${options.duration} s)`);
       pgliteAlone = await measurePgliteAlone(database.pgliteDir, options.duration);
-      say(
-        `       ${pgliteAlone.listsPerSecond.toFixed(0)} lists/s, CPU ${pgliteAlone.cpuUsPerList.toFixed(0)} µs/list`,
-      );
+      say(`       ${describePgliteAlone(pgliteAlone)}`);
     }
 
     const ratios: Ratio[] = (
@@ -533,7 +531,7 @@ async function main(options: Options) {
         : [`page 50, 100k-task user / 20-task user (p50): ${pageRatio.toFixed(2)}`]),
       ...(pgliteAlone
         ? [
-            `list 20 on PGlite alone (the service's list in process, no HTTP): ${pgliteAlone.listsPerSecond.toFixed(0)} lists/s, CPU ${pgliteAlone.cpuUsPerList.toFixed(0)} µs/list`,
+            `list 20 on PGlite alone (the service's list in process, no HTTP): ${describePgliteAlone(pgliteAlone)}`,
           ]
         : []),
       ...(soak

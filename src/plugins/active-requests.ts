@@ -50,13 +50,12 @@ export function limitActiveRequests(server: Server, limit: number): ActiveReques
   const resumed = new WeakSet<Socket>();
   const watched = new WeakSet<Socket>();
 
-  const resume = ({ socket, idleTimeoutMs }: HeldConnection): boolean => {
-    if (socket.destroyed) return false;
+  const resume = ({ socket, idleTimeoutMs }: HeldConnection) => {
+    if (socket.destroyed) return;
     socket.setTimeout(idleTimeoutMs);
     resumed.add(socket);
     resuming++;
     socket.resume();
-    return true;
   };
   /** Resumes the oldest held connections while there is room. */
   const admit = () => {
@@ -87,7 +86,8 @@ export function limitActiveRequests(server: Server, limit: number): ActiveReques
       active--;
       // Behind the others already waiting, not ahead of them: first come, first read.
       const mustWait = held.length > 0 || active + resuming >= limit;
-      if (!releasing && mustWait && socket.writable && !socket.destroyed) {
+      // Not writable: being closed, or already destroyed.
+      if (!releasing && mustWait && socket.writable) {
         watch(socket);
         held.push({ socket, idleTimeoutMs: socket.timeout ?? 0 });
         // Node's keep-alive timer would otherwise close a connection held longer than
