@@ -175,13 +175,13 @@ async function send(request: FuzzRequest): Promise<LightMyRequestResponse> {
   }
 
   const json = request.method === 'HEAD' ? undefined : parseJson(response);
-  if (request.creates && status === 201) {
-    expect(isTaskJson(json), what).toBe(true);
-    if (isTaskJson(json)) {
-      if (request.actorId !== undefined) expect(json.user_id, what).toBe(request.actorId);
-      if (!ledger.has(json.id)) stats.created++;
-      ledger.set(json.id, json.user_id);
-    }
+  if (request.creates && status === 201) expect(isTaskJson(json), what).toBe(true);
+  // Every 201 with a task is an acknowledged create, also from a path that only resolves to
+  // the collection (`/api/tasks/1/..` is `/api/tasks/` once inject resolves the URL).
+  if (status === 201 && isTaskJson(json)) {
+    if (request.actorId !== undefined) expect(json.user_id, what).toBe(request.actorId);
+    if (!ledger.has(json.id)) stats.created++;
+    ledger.set(json.id, json.user_id);
   }
   const success = status >= 200 && status < 300;
   if (request.taskRoute && request.actorId === undefined && request.method !== 'OPTIONS') {
@@ -853,6 +853,19 @@ const taskRequestInput: fc.Arbitrary<TaskRequestInput> = fc.record({
   mangle: pathMangle,
 });
 
+/** A `..` segment, also percent-encoded, as the WHATWG URL parser (and so inject) reads one. */
+const DOUBLE_DOT_SEGMENT = /(^|\/)(\.|%2e)(\.|%2e)(\/|$|\?)/i;
+const TASK_PATH = /^\/api\/([^/]+\/)?tasks(\/|$)/;
+
+/**
+ * Whether a task-route URL still names a task route once inject resolves it: a `..` segment
+ * can lead elsewhere (`/api/../tasks/..` is `/`, the web page, which needs no credentials).
+ */
+function stillATaskRoute(url: string): boolean {
+  if (!DOUBLE_DOT_SEGMENT.test(url)) return true;
+  return TASK_PATH.test(new URL(url, 'http://localhost').pathname);
+}
+
 /** Builds a task-route request; the body is left to the caller. */
 function taskRequest(input: TaskRequestInput, method?: HTTPMethods): FuzzRequest {
   const { headers, actorId } = authHeaders(input.auth);
@@ -864,11 +877,12 @@ function taskRequest(input: TaskRequestInput, method?: HTTPMethods): FuzzRequest
   let path = base;
   if (segment !== undefined) path += `/${segment}`;
   if (input.route === 'complete') path += '/complete';
+  const url = `${mangle(path, input.mangle)}${input.query}`;
   const request: FuzzRequest = {
     method: method ?? ROUTE_METHOD[input.route],
-    url: `${mangle(path, input.mangle)}${input.query}`,
+    url,
     headers: { ...headers },
-    taskRoute: true,
+    taskRoute: stillATaskRoute(url),
     ...(actorId !== undefined ? { actorId } : {}),
   };
   const taskId = segment === undefined ? undefined : parsedTaskId(segment);
