@@ -137,7 +137,7 @@ describe('the limit on requests in progress', () => {
     await until(() => busy.statuses().length === 2, 'the answer to /busy-2');
   });
 
-  it('when a resumed connection closes without another request, then the next one waiting is resumed', async () => {
+  it('when a resumed connection has nothing to send, then the next one waiting gets its place', async () => {
     running = await startControlledServer(1);
     const first = running.client();
     first.send('/first-1');
@@ -147,17 +147,40 @@ describe('the limit on requests in progress', () => {
     await until(() => running?.seen.includes('/second-1') === true, '/second-1');
     running.finish('/first-1');
     await until(() => first.statuses().length === 1, 'the answer to /first-1');
-    // first is held; second queues behind it, so first is resumed and holds the one place.
+    // first is held; second queues behind it, so first is resumed, with nothing to send.
     running.finish('/second-1');
     await until(() => second.statuses().length === 1, 'the answer to /second-1');
     second.send('/second-2');
-    await sleep(100);
-    expect(running.seen).not.toContain('/second-2');
 
-    first.socket.end();
     await until(() => running?.seen.includes('/second-2') === true, '/second-2 to be read');
+    expect(first.closed).toBe(false);
+    expect(running.limiter.held).toBe(0);
+    // first, idle again, is read as soon as its client sends.
     running.finish('/second-2');
-    await until(() => second.statuses().length === 2, 'the answer to /second-2');
+    first.send('/first-2');
+    await until(() => running?.seen.includes('/first-2') === true, '/first-2 to be read');
+  });
+
+  it('when several held connections have a request waiting, then one free place reads one of them', async () => {
+    running = await startControlledServer(1);
+    const { held: a, busy: b } = await holdOneConnection(running);
+    const c = running.client();
+    c.send('/c-1');
+    await until(() => running?.seen.includes('/c-1') === true, '/c-1');
+    running.finish('/busy');
+    await until(() => b.statuses().length === 1, 'the answer to /busy');
+    b.send('/busy-2');
+    await sleep(50);
+    expect(running.limiter.held).toBe(2);
+
+    // The place /c-1 frees goes to the connection held first, and to no other.
+    running.finish('/c-1');
+    await until(() => running?.seen.includes('/held-2') === true, '/held-2 to be read');
+    await sleep(200);
+    expect(running.seen).not.toContain('/busy-2');
+    running.finish('/held-2');
+    await until(() => running?.seen.includes('/busy-2') === true, '/busy-2 to be read');
+    expect(a.statuses()).toEqual([200, 200]);
   });
 
   it('when below the limit, then the next request on a connection is read at once', async () => {

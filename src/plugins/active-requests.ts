@@ -17,9 +17,11 @@ import { setImmediate as nextLoopTurn } from 'node:timers/promises';
  * long in all, only elsewhere.
  *
  * Paused connections are resumed in the order they were paused, and a connection that gets
- * its answer while others wait queues behind them, so that no client overtakes another. A new
- * connection's first request is always read (it is not known to be keep-alive yet), and a
- * connection being closed is never paused.
+ * its answer while others wait queues behind them, so that no client overtakes another. A
+ * resumed connection holds a place only until its request could have been read (two event loop
+ * turns): one whose client has nothing to send yet is an idle keep-alive connection again, and
+ * the next one waiting gets the place. A new connection's first request is always read (it is
+ * not known to be keep-alive yet), and a connection being closed is never paused.
  */
 export interface ActiveRequestLimit {
   /** Requests being handled now. */
@@ -42,20 +44,34 @@ interface HeldConnection {
 
 export function limitActiveRequests(server: Server, limit: number): ActiveRequestLimit {
   let active = 0;
-  // Resumed connections whose next request has not been read yet: each holds a place, or a
-  // burst of resumes before their requests arrive would overshoot the limit.
+  // Resumed connections whose next request has not been read yet: each holds a place for a
+  // moment, or a burst of resumes before their requests arrive would overshoot the limit.
   let resuming = 0;
   let releasing = false;
   const held: HeldConnection[] = [];
-  const resumed = new WeakSet<Socket>();
-  const watched = new WeakSet<Socket>();
+  /** The place each resumed connection holds; a later resume of the socket gets a new one. */
+  const places = new WeakMap<Socket, object>();
 
+  const giveBack = (socket: Socket, place: object) => {
+    if (places.get(socket) !== place) return;
+    places.delete(socket);
+    resuming--;
+    admit();
+  };
   const resume = ({ socket, idleTimeoutMs }: HeldConnection) => {
     if (socket.destroyed) return;
     socket.setTimeout(idleTimeoutMs);
-    resumed.add(socket);
+    const place = {};
+    places.set(socket, place);
     resuming++;
     socket.resume();
+    // A request the client has already sent is read in the next poll phase, within two loop
+    // turns. A client that has sent nothing yet (one between requests, the usual case below
+    // saturation) gives its place back then: held for longer, idle connections took the
+    // places from requests waiting to be read, and the queue of held connections never
+    // drained (p50 354 ms at 2 000 req/s from 1 000 connections, against 3–8 ms without).
+    // A closed connection's place comes back the same way.
+    setImmediate(() => setImmediate(() => giveBack(socket, place)));
   };
   /** Resumes the oldest held connections while there is room. */
   const admit = () => {
@@ -65,20 +81,10 @@ export function limitActiveRequests(server: Server, limit: number): ActiveReques
       resume(next);
     }
   };
-  /** A resumed connection that closes without another request gives its place back. */
-  const watch = (socket: Socket) => {
-    if (watched.has(socket)) return;
-    watched.add(socket);
-    socket.once('close', () => {
-      if (!resumed.delete(socket)) return;
-      resuming--;
-      admit();
-    });
-  };
 
   server.on('request', (request, response) => {
     const { socket } = request;
-    if (resumed.delete(socket)) resuming--;
+    if (places.delete(socket)) resuming--;
     active++;
     // 'close' follows 'finish', where Node has just armed the keep-alive timeout, and also
     // comes when the client went away before its answer.
@@ -88,7 +94,6 @@ export function limitActiveRequests(server: Server, limit: number): ActiveReques
       const mustWait = held.length > 0 || active + resuming >= limit;
       // Not writable: being closed, or already destroyed.
       if (!releasing && mustWait && socket.writable) {
-        watch(socket);
         held.push({ socket, idleTimeoutMs: socket.timeout ?? 0 });
         // Node's keep-alive timer would otherwise close a connection held longer than
         // KEEP_ALIVE_TIMEOUT_MS, dropping the request its client has already sent.
