@@ -32,7 +32,11 @@ describe('loadConfig defaults', () => {
     const config = loadConfig({ BETTER_AUTH_SECRET: SECRET }, { devSecretFile: freshSecretFile() });
     expect(config.port).toBe(8000);
     expect(config.host).toBe('127.0.0.1');
-    expect(config.database).toEqual({ kind: 'pglite', dir: './.data/pglite' });
+    expect(config.database).toEqual({
+      kind: 'pglite',
+      dir: './.data/pglite',
+      sharedBuffers: '16MB',
+    });
     expect(config.corsOrigins).toEqual(['http://localhost:3000']);
     expect(config.auth.baseUrl).toBe('http://localhost:8000');
     expect(config.logLevel).toBe('info');
@@ -66,6 +70,7 @@ describe('loadConfig defaults', () => {
         PORT: '9123',
         HOST: '0.0.0.0',
         PGLITE_DIR: 'memory://',
+        PGLITE_SHARED_BUFFERS: '64MB',
         CORS_ORIGINS: 'https://app.example.com, http://localhost:3001',
         BETTER_AUTH_URL: 'https://api.example.com/',
         LOG_LEVEL: 'warn',
@@ -74,7 +79,7 @@ describe('loadConfig defaults', () => {
     );
     expect(config.port).toBe(9123);
     expect(config.host).toBe('0.0.0.0');
-    expect(config.database).toEqual({ kind: 'pglite', dir: 'memory://' });
+    expect(config.database).toEqual({ kind: 'pglite', dir: 'memory://', sharedBuffers: '64MB' });
     expect(config.corsOrigins).toEqual(['https://app.example.com', 'http://localhost:3001']);
     expect(config.auth.baseUrl).toBe('https://api.example.com');
     expect(config.logLevel).toBe('warn');
@@ -90,6 +95,8 @@ describe('loadConfig bad values', () => {
     ['LOG_LEVEL', 'loud'],
     ['CORS_ORIGINS', 'not an origin'],
     ['DATABASE_PREPARED_STATEMENTS', 'yes'],
+    ['PGLITE_SHARED_BUFFERS', '16'],
+    ['PGLITE_SHARED_BUFFERS', '16MB -c fsync=off'],
   ].map(([variable = '', value = '']) => ({ variable, value, env: { [variable]: value } }));
 
   it.each(cases)(

@@ -8,7 +8,7 @@ import { type PgDatabase, PgDialect, type PgQueryResultHKT } from 'drizzle-orm/p
 import { drizzle as drizzlePglite } from 'drizzle-orm/pglite';
 import { migrate as migratePglite } from 'drizzle-orm/pglite/migrator';
 import pg from 'pg';
-import type { Config } from '../config.js';
+import { type Config, PGLITE_SHARED_BUFFERS_DEFAULT } from '../config.js';
 import { isDatabaseUnavailable, sqlState } from './errors.js';
 import { inPooledTransaction } from './pooled-transaction.js';
 import { type Execution, runPipeline } from './prepared-pipeline.js';
@@ -152,7 +152,7 @@ export function createDatabase(
 ): DatabaseHandle {
   return config.kind === 'postgres'
     ? createPostgres(config.url, config.poolMax, config.preparedStatements ?? true, onPoolError)
-    : createPglite(config.dir, pgliteSeed);
+    : createPglite(config.dir, config.sharedBuffers ?? PGLITE_SHARED_BUFFERS_DEFAULT, pgliteSeed);
 }
 
 /**
@@ -232,10 +232,15 @@ function createPostgres(
   };
 }
 
-function createPglite(dir: string, seed: Blob | undefined): DatabaseHandle {
+function createPglite(dir: string, sharedBuffers: string, seed: Blob | undefined): DatabaseHandle {
   const inMemory = dir === 'memory://' || dir.startsWith('memory://');
   if (!inMemory) mkdirSync(dir, { recursive: true });
-  const client = new PGlite(dir, seed === undefined ? {} : { loadDataDir: seed });
+  const client = new PGlite(dir, {
+    // A start-up setting, as `postgres -c` takes it: the directory's postgresql.conf is left as
+    // initdb wrote it.
+    startParams: [...PGlite.defaultStartParams, '-c', `shared_buffers=${sharedBuffers}`],
+    ...(seed === undefined ? {} : { loadDataDir: seed }),
+  });
   const db = drizzlePglite(client, { schema });
 
   return {
