@@ -9,6 +9,7 @@ import betterAuthRoutes from './auth/better-auth.routes.js';
 import type { Config } from './config.js';
 import { createDatabase, type DatabaseHandle } from './db/client.js';
 import databasePlugin from './db/database.plugin.js';
+import { createPgliteClusterIfMissing } from './db/pglite-cluster.js';
 import { limitActiveRequests } from './plugins/active-requests.js';
 import docsPlugin from './plugins/docs.js';
 import errorHandler, { answerClientError, answerFrameworkError } from './plugins/error-handler.js';
@@ -174,6 +175,15 @@ export async function buildApp(
   await app.register(docsPlugin);
 
   const ownsDatabase = dependencies.database === undefined;
+  if (ownsDatabase && config.database.kind === 'pglite') {
+    const started = performance.now();
+    if (await createPgliteClusterIfMissing(config.database.dir)) {
+      app.log.info(
+        { dir: config.database.dir, durationMs: Math.round(performance.now() - started) },
+        'created a new PGlite database',
+      );
+    }
+  }
   const database =
     dependencies.database ??
     createDatabase(config.database, (error) =>
