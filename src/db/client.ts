@@ -11,6 +11,7 @@ import pg from 'pg';
 import { type Config, PGLITE_SHARED_BUFFERS_DEFAULT } from '../config.js';
 import { isDatabaseUnavailable, sqlState } from './errors.js';
 import { inPooledTransaction } from './pooled-transaction.js';
+import { isInMemory } from './pglite-cluster.js';
 import { type Execution, runPipeline } from './prepared-pipeline.js';
 import { schema } from './schema.js';
 import { APP_ROLE } from './with-user.js';
@@ -233,8 +234,7 @@ function createPostgres(
 }
 
 function createPglite(dir: string, sharedBuffers: string, seed: Blob | undefined): DatabaseHandle {
-  const inMemory = dir === 'memory://' || dir.startsWith('memory://');
-  if (!inMemory) mkdirSync(dir, { recursive: true });
+  if (!isInMemory(dir)) mkdirSync(dir, { recursive: true });
   const client = new PGlite(dir, {
     // A start-up setting, as `postgres -c` takes it: the directory's postgresql.conf is left as
     // initdb wrote it.

@@ -31,6 +31,11 @@ database.waitReady.then(
 );
 `;
 
+/** PGlite's `memory://` directories (with or without a name after it) live in no file. */
+export function isInMemory(dir: string): boolean {
+  return dir.startsWith('memory://');
+}
+
 /**
  * Creates the PGlite cluster in `dir` when there is none yet, in a child process of its own.
  * initdb grows PGlite's WebAssembly memory to about 600 MB, and WebAssembly memory is never
@@ -40,7 +45,7 @@ database.waitReady.then(
  * forced GC). Resolves to whether a cluster was created; in-memory databases are left alone.
  */
 export async function createPgliteClusterIfMissing(dir: string): Promise<boolean> {
-  if (dir.startsWith('memory://') || existsSync(join(dir, CLUSTER_MARKER))) return false;
+  if (isInMemory(dir) || existsSync(join(dir, CLUSTER_MARKER))) return false;
   mkdirSync(dir, { recursive: true });
   const entry = createRequire(import.meta.url).resolve('@electric-sql/pglite');
   try {
