@@ -138,5 +138,7 @@ export function requestPlans(population: Population) {
     referenceMix: plan((slot) => (slot % 5 === 4 ? create(writer(slot)) : list(reader(slot)))),
     page50Small: plan((slot) => list(reader(slot), '?limit=50')),
     page50Big: plan(() => list(population.bigUserToken, '?limit=50')),
+    /** The heaviest read: the big user's whole list, as far as the cap (1 000 tasks). */
+    wholeBig: plan(() => list(population.bigUserToken)),
   } satisfies Record<string, RequestPlan>;
 }

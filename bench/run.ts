@@ -44,7 +44,17 @@ import { freePort, type RunningServer, startReference, startService } from './se
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const RESULTS_DIR = fileURLToPath(new URL('./results/', import.meta.url));
-const SCENARIOS = ['list20', 'create', 'rls', 'toggle', 'mix', 'open', 'closed', 'page50'] as const;
+const SCENARIOS = [
+  'list20',
+  'create',
+  'rls',
+  'toggle',
+  'mix',
+  'open',
+  'closed',
+  'cap',
+  'page50',
+] as const;
 type ScenarioId = (typeof SCENARIOS)[number];
 /** Load before measuring in the 1 000-connection scenarios: connecting is not serving. */
 const RAMP_UP_SECONDS = 2;
@@ -455,6 +465,14 @@ async function main(options: Options) {
     if (options.only.has('closed')) {
       await measure('closed', 'mix, closed loop', 'service', service, {
         ...closedLoop(plans.mix, options.openConnections),
+        rampUpSeconds: RAMP_UP_SECONDS,
+      });
+    }
+    if (options.only.has('cap')) {
+      // Every connection at once asks for the most one list answers: memory under the
+      // heaviest reads, and whether any of them is refused or times out.
+      await measure('cap', 'whole list of 1 000', 'service', service, {
+        ...closedLoop(plans.wholeBig, options.openConnections),
         rampUpSeconds: RAMP_UP_SECONDS,
       });
     }
