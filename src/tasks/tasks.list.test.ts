@@ -8,7 +8,9 @@ import {
   type TestUser,
 } from '../../test/helpers.js';
 import { eq } from 'drizzle-orm';
+import type { DatabaseHandle } from '../db/client.js';
 import { task as taskTable, taskCount, user as userTable } from '../db/schema.js';
+import { createTasksRepository } from './tasks.repository.js';
 
 let ctx: TestContext;
 beforeAll(async () => {
@@ -363,4 +365,44 @@ describe('list: the cap without limit', () => {
     expect(tail.json<TaskBody[]>()).toHaveLength(5);
     expect(tail.headers['x-total-count']).toBe('1005');
   });
+
+  it('when an unpaged list fills the cap, then the page is asked again with the counter rather than held while the counter is asked alone', async () => {
+    const user = await createUserAndToken();
+    await createTitled(user, ['through the API']);
+    await ctx.database.handle.db
+      .insert(taskTable)
+      .values(Array.from({ length: 1000 }, (_, i) => ({ userId: user.id, title: `bulk ${i}` })));
+    const roundTrips: string[][] = [];
+    const tasks = createTasksRepository(recordingRoundTrips(ctx.database.handle, roundTrips));
+
+    const page = await tasks.list(user.id, { status: 'all', sort: 'created', offset: 0 });
+    expect(page.tasks).toHaveLength(1000);
+    expect(page.total).toBe(1001);
+    expect(roundTrips).toEqual([['page'], ['page', 'counter']]);
+  });
 });
+
+/**
+ * The handle, noting for each round trip which of the list's statements it carried: the page
+ * (`from task`) and the counter (`from task_count`); the role and user settings are left out.
+ */
+function recordingRoundTrips(handle: DatabaseHandle, roundTrips: string[][]): DatabaseHandle {
+  const kinds = (texts: string[]) =>
+    texts.flatMap((text) => {
+      if (/\bfrom task_count\b/.test(text)) return ['counter'];
+      return /\bfrom task\b/.test(text) ? ['page'] : [];
+    });
+  return {
+    ...handle,
+    async runScript(script) {
+      roundTrips.push(kinds(script.split(';\n')));
+      return handle.runScript(script);
+    },
+    async runPrepared(executions) {
+      const rows = await handle.runPrepared(executions);
+      // Undefined: nothing ran, and the same statements come again as a script.
+      if (rows !== undefined) roundTrips.push(kinds(executions.map((e) => e.statement.text)));
+      return rows;
+    },
+  };
+}
