@@ -14,12 +14,31 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
+import { z } from 'zod';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const READY_TIMEOUT_MS = 180_000;
 const STOP_TIMEOUT_MS = 15_000;
 
 export { freePort } from '../test/free-port.js';
+
+/**
+ * The node options `npm start` gives the service (package.json), so that the bench runs it
+ * as users do: `node <these> dist/server.js`.
+ */
+function startScriptNodeOptions(): string[] {
+  const manifest = z
+    .object({ scripts: z.object({ start: z.string() }) })
+    .parse(JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')));
+  const { start } = manifest.scripts;
+  const match = /^node((?: --\S+)*) dist\/server\.js$/.exec(start);
+  if (match === null) {
+    throw new Error(
+      `package.json's start script is not "node [--options] dist/server.js": ${start}`,
+    );
+  }
+  return (match[1] ?? '').split(' ').filter((option) => option !== '');
+}
 
 /** Resident memory of one process in MiB, from /proc (Linux); undefined once it has exited. */
 function ownRssMb(pid: number): number | undefined {
@@ -166,7 +185,8 @@ export interface ServiceOptions {
 }
 
 /**
- * The production build as users run it: `node dist/server.js`, NODE_ENV=production, logging
+ * The production build as users run it: `node dist/server.js` with `npm start`'s node options
+ * (the heap budget), NODE_ENV=production, logging
  * at info, metrics and row-level security on; rate limits raised out of the way (the limiter
  * still runs on every request) since the load comes from one IP and few users.
  */
@@ -207,6 +227,7 @@ export function startService(options: ServiceOptions): Promise<RunningServer> {
   const service = startProcess({
     name: options.withoutRowLevelSecurity ? 'service without RLS' : 'service',
     args: [
+      ...startScriptNodeOptions(),
       ...(options.cpuProfileDir ? ['--cpu-prof', `--cpu-prof-dir=${options.cpuProfileDir}`] : []),
       ...entry,
     ],
