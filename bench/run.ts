@@ -509,7 +509,9 @@ async function main(options: Options) {
       // PGlite holds its directory exclusively: the service lets go of it first.
       await service.stop();
       servers.splice(servers.indexOf(service), 1);
-      say(`bench: list 20 on PGlite alone, in this process (${options.duration} s)`);
+      say(
+        `bench: list 20 on PGlite alone, in a process started as the service is (${options.duration} s)`,
+      );
       pgliteAlone = await measurePgliteAlone(database.pgliteDir, options.duration);
       say(`       ${describePgliteAlone(pgliteAlone)}`);
     }
@@ -549,7 +551,7 @@ async function main(options: Options) {
         : [`page 50, 100k-task user / 20-task user (p50): ${pageRatio.toFixed(2)}`]),
       ...(pgliteAlone
         ? [
-            `list 20 on PGlite alone (the service's list in process, no HTTP): ${describePgliteAlone(pgliteAlone)}`,
+            `list 20 on PGlite alone (the service's list called directly, no HTTP): ${describePgliteAlone(pgliteAlone)}`,
           ]
         : []),
       ...(soak

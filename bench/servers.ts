@@ -26,7 +26,7 @@ export { freePort } from '../test/free-port.js';
  * The node options `npm start` gives the service (package.json), so that the bench runs it
  * as users do: `node <these> dist/server.js`.
  */
-function startScriptNodeOptions(): string[] {
+export function startScriptNodeOptions(): string[] {
   const manifest = z
     .object({ scripts: z.object({ start: z.string() }) })
     .parse(JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')));
