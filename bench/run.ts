@@ -233,6 +233,30 @@ async function smokeTest(server: RunningServer, population: Population, full: bo
   }
 }
 
+/**
+ * Waits until the server has worked off what the last scenario left behind, then a second
+ * more for sockets to close. Requests already read when the load generator stopped are still
+ * answered (to closed sockets): after 1 000 connections of whole lists, PGlite needed about
+ * 15 s for them, and a scenario started meanwhile measured the queue. The service's `/ready`
+ * asks the database, so it answers only once the requests ahead of it are done.
+ */
+async function settle(server: RunningServer) {
+  const deadline = Date.now() + 120_000;
+  while (Date.now() < deadline) {
+    try {
+      const response = await fetch(`${server.baseUrl}${server.readyPath}`, {
+        signal: AbortSignal.timeout(5_000),
+      });
+      await response.arrayBuffer();
+      if (response.status === 200) break;
+    } catch {
+      // still busy
+    }
+    await sleep(250);
+  }
+  await sleep(1000);
+}
+
 function machine() {
   const cpus = os.cpus();
   return {
@@ -389,8 +413,7 @@ async function main(options: Options) {
       say(
         `       ${result.requestsPerSecond.toFixed(0)} req/s, p50 ${result.latencyMs.p50.toFixed(1)} ms, p95 ${result.latencyMs.p95.toFixed(1)} ms, p99 ${result.latencyMs.p99.toFixed(1)} ms, ${result.errors} errors, ${result.timeouts} timeouts, RSS ${result.rssMaxMb?.toFixed(0) ?? 'n/a'} MB, CPU µs/response ${result.cpuUsPerResponse.server?.toFixed(0) ?? 'n/a'} server + ${result.cpuUsPerResponse.database?.toFixed(0) ?? 'n/a'} database`,
       );
-      // Let sockets close and the database settle before the next scenario.
-      await sleep(1000);
+      await settle(server);
       return record;
     };
     const closedLoop = (plan: RequestPlan, connections = options.connections): LoadSpec => ({

@@ -83,6 +83,8 @@ export interface RunningServer {
   name: string;
   pid: number;
   baseUrl: string;
+  /** Answers 200 when the server can serve: the service's asks its database. */
+  readyPath: string;
   stop(): Promise<void>;
 }
 
@@ -161,7 +163,7 @@ async function startProcess(options: StartOptions): Promise<RunningServer> {
     await stop();
     throw new Error(`${options.name}: ${error instanceof Error ? error.message : String(error)}`);
   }
-  return { name: options.name, pid, baseUrl, stop };
+  return { name: options.name, pid, baseUrl, readyPath: options.readyPath, stop };
 }
 
 export interface ServiceOptions {
