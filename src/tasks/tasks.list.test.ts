@@ -347,12 +347,20 @@ describe('list: counters and account deletion', () => {
 });
 
 describe('list: the cap without limit', () => {
-  it('when a user has more tasks than the cap and lists without limit, then 1000 come back with the full total', async () => {
+  /** A user with `count` tasks: the first through the API (the user row), the rest in one insert. */
+  async function userWithTasks(count: number): Promise<TestUser> {
     const user = await createUserAndToken();
     await createTitled(user, ['through the API']);
     await ctx.database.handle.db
       .insert(taskTable)
-      .values(Array.from({ length: 1004 }, (_, i) => ({ userId: user.id, title: `bulk ${i}` })));
+      .values(
+        Array.from({ length: count - 1 }, (_, i) => ({ userId: user.id, title: `bulk ${i}` })),
+      );
+    return user;
+  }
+
+  it('when a user has more tasks than the cap and lists without limit, then 1000 come back with the full total', async () => {
+    const user = await userWithTasks(1005);
     const response = await list(user);
     expect(response.json<TaskBody[]>()).toHaveLength(1000);
     expect(response.headers['x-total-count']).toBe('1005');
@@ -367,11 +375,7 @@ describe('list: the cap without limit', () => {
   });
 
   it('when an unpaged list fills the cap, then the page is asked again with the counter rather than held while the counter is asked alone', async () => {
-    const user = await createUserAndToken();
-    await createTitled(user, ['through the API']);
-    await ctx.database.handle.db
-      .insert(taskTable)
-      .values(Array.from({ length: 1000 }, (_, i) => ({ userId: user.id, title: `bulk ${i}` })));
+    const user = await userWithTasks(1001);
     const roundTrips: string[][] = [];
     const tasks = createTasksRepository(recordingRoundTrips(ctx.database.handle, roundTrips));
 
