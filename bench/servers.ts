@@ -187,10 +187,10 @@ export interface ServiceOptions {
 }
 
 /**
- * The production build as users run it: `node dist/server.js` with `npm start`'s node options
- * (the heap budget), NODE_ENV=production, logging
- * at info, metrics and row-level security on; rate limits raised out of the way (the limiter
- * still runs on every request) since the load comes from one IP and few users.
+ * The production build as users run it: `node dist/server.js` with `npm start`'s node options,
+ * NODE_ENV=production, logging at info, metrics and row-level security on; rate limits raised
+ * out of the way (the limiter still runs on every request) since the load comes from one IP
+ * and few users.
  */
 export function startService(options: ServiceOptions): Promise<RunningServer> {
   const env: Record<string, string> = {
