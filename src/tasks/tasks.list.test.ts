@@ -384,6 +384,53 @@ describe('list: the cap without limit', () => {
     expect(page.total).toBe(1001);
     expect(roundTrips).toEqual([['page'], ['page', 'counter']]);
   });
+
+  it('when an unpaged list reached the cap before, then the next one asks for page and counter in one round trip', async () => {
+    const user = await userWithTasks(1001);
+    const roundTrips: string[][] = [];
+    const tasks = createTasksRepository(recordingRoundTrips(ctx.database.handle, roundTrips));
+    const query = { status: 'all', sort: 'created', offset: 0 } as const;
+    await tasks.list(user.id, query);
+    roundTrips.length = 0;
+
+    const page = await tasks.list(user.id, { ...query, sort: 'title' });
+    expect(page.tasks).toHaveLength(1000);
+    expect(page.total).toBe(1001);
+    expect(roundTrips).toEqual([['page', 'counter']]);
+
+    // Another filter is another list: it has not reached the cap yet.
+    roundTrips.length = 0;
+    const pending = await tasks.list(user.id, { ...query, status: 'pending' });
+    expect(pending.total).toBe(1001);
+    expect(roundTrips).toEqual([['page'], ['page', 'counter']]);
+  });
+
+  it('when a user at the cap falls below it, then the next list is still exact and the one after reads the page alone', async () => {
+    const user = await userWithTasks(1001);
+    const roundTrips: string[][] = [];
+    const tasks = createTasksRepository(recordingRoundTrips(ctx.database.handle, roundTrips));
+    const query = { status: 'all', sort: 'created', offset: 0 } as const;
+    await tasks.list(user.id, query);
+    const oldest = await listTasks(user, '?sort=created&offset=990');
+    for (const task of oldest) {
+      const response = await ctx.app.inject({
+        method: 'DELETE',
+        url: `/api/tasks/${task.id}`,
+        headers: user.headers,
+      });
+      expect(response.statusCode).toBe(204);
+    }
+    roundTrips.length = 0;
+
+    const below = await tasks.list(user.id, query);
+    expect(below.tasks).toHaveLength(990);
+    expect(below.total).toBe(990);
+    expect(roundTrips).toEqual([['page', 'counter']]);
+
+    roundTrips.length = 0;
+    expect((await tasks.list(user.id, query)).total).toBe(990);
+    expect(roundTrips).toEqual([['page']]);
+  });
 });
 
 /**

@@ -21,6 +21,9 @@ export interface TaskChanges {
   completed?: boolean | undefined;
 }
 
+/** How many unpaged lists at the cap a repository remembers (listsAtCap); the oldest go first. */
+const LISTS_AT_CAP_REMEMBERED = 10_000;
+
 /** How long a stored `Idempotency-Key` answers replays; older ones count as new. */
 export const IDEMPOTENCY_TTL_HOURS = 24;
 
@@ -280,6 +283,24 @@ export function createTasksRepository(
     return { tasks: bodiesOf(rows), total: offset + rows.length };
   };
 
+  /**
+   * Unpaged lists (by status filter and user) whose page last reached the cap: the next one
+   * asks for the counter with its page straight away instead of reading the page twice. A
+   * shortcut only: either way the answer is the same, and a list below the cap drops its entry.
+   */
+  const listsAtCap = new Set<string>();
+  const rememberCap = (key: string, atCap: boolean) => {
+    if (!atCap) {
+      listsAtCap.delete(key);
+      return;
+    }
+    if (listsAtCap.size >= LISTS_AT_CAP_REMEMBERED && !listsAtCap.has(key)) {
+      const oldest = listsAtCap.values().next();
+      if (oldest.done !== true) listsAtCap.delete(oldest.value);
+    }
+    listsAtCap.add(key);
+  };
+
   return {
     /**
      * The page's statement and the total's. The total is the user's counter row, one
@@ -312,17 +333,21 @@ export function createTasksRepository(
      * message. A whole-list read (no `limit`, what today's front ends send) mostly ends before
      * the cap, where the total is known from the page itself: one statement. In the rare other
      * case (a full page, or one past the end) that page is dropped and asked again with the
-     * counter in one message. Keeping it while a second round trip waits for a connection
-     * held every such request's thousand tasks in memory at once: 1 000 clients listing a
-     * user at the cap kept 510 MB live, until the heap limit stopped the process.
+     * counter in one message, and a list that reached the cap asks for both at once next time
+     * (listsAtCap). Keeping the page while a second round trip waited for a connection held
+     * every such request's thousand tasks in memory at once: 1 000 clients listing a user at
+     * the cap kept 510 MB live, until the heap limit stopped the process.
      */
     async list(userId: string, query: ListTasksQuery): Promise<TaskJsonPage> {
       const { page, total } = this.listStatements(userId, query);
-      if (query.limit === undefined) {
+      const unpaged = query.limit === undefined;
+      const capKey = `${query.status} ${userId}`;
+      if (unpaged && !listsAtCap.has(capKey)) {
         const whole = await wholeListBelowCap(userId, query.offset, page);
         if (whole !== undefined) return whole;
       }
       const [pageRows, totalRows] = await run(userId, [page, total]);
+      if (unpaged) rememberCap(capKey, (pageRows?.length ?? 0) >= LIST_CAP);
       const value: unknown = totalRows?.[0]?.total;
       return { tasks: bodiesOf(pageRows), total: typeof value === 'number' ? value : 0 };
     },
