@@ -359,6 +359,15 @@ describe('list: the cap without limit', () => {
     return user;
   }
 
+  /** A user with 1 001 tasks, and a repository that records its round trips. */
+  async function userAtCap() {
+    const user = await userWithTasks(1001);
+    const roundTrips: string[][] = [];
+    const tasks = createTasksRepository(recordingRoundTrips(ctx.database.handle, roundTrips));
+    const query = { status: 'all', sort: 'created', offset: 0 } as const;
+    return { user, roundTrips, tasks, query };
+  }
+
   it('when a user has more tasks than the cap and lists without limit, then 1000 come back with the full total', async () => {
     const user = await userWithTasks(1005);
     const response = await list(user);
@@ -375,21 +384,16 @@ describe('list: the cap without limit', () => {
   });
 
   it('when an unpaged list fills the cap, then the page is asked again with the counter rather than held while the counter is asked alone', async () => {
-    const user = await userWithTasks(1001);
-    const roundTrips: string[][] = [];
-    const tasks = createTasksRepository(recordingRoundTrips(ctx.database.handle, roundTrips));
+    const { user, roundTrips, tasks, query } = await userAtCap();
 
-    const page = await tasks.list(user.id, { status: 'all', sort: 'created', offset: 0 });
+    const page = await tasks.list(user.id, query);
     expect(page.tasks).toHaveLength(1000);
     expect(page.total).toBe(1001);
     expect(roundTrips).toEqual([['page'], ['page', 'counter']]);
   });
 
   it('when an unpaged list reached the cap before, then the next one asks for page and counter in one round trip', async () => {
-    const user = await userWithTasks(1001);
-    const roundTrips: string[][] = [];
-    const tasks = createTasksRepository(recordingRoundTrips(ctx.database.handle, roundTrips));
-    const query = { status: 'all', sort: 'created', offset: 0 } as const;
+    const { user, roundTrips, tasks, query } = await userAtCap();
     await tasks.list(user.id, query);
     roundTrips.length = 0;
 
@@ -406,10 +410,7 @@ describe('list: the cap without limit', () => {
   });
 
   it('when a user at the cap falls below it, then the next list is still exact and the one after reads the page alone', async () => {
-    const user = await userWithTasks(1001);
-    const roundTrips: string[][] = [];
-    const tasks = createTasksRepository(recordingRoundTrips(ctx.database.handle, roundTrips));
-    const query = { status: 'all', sort: 'created', offset: 0 } as const;
+    const { user, roundTrips, tasks, query } = await userAtCap();
     await tasks.list(user.id, query);
     const oldest = await listTasks(user, '?sort=created&offset=990');
     for (const task of oldest) {
