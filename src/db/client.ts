@@ -12,6 +12,7 @@ import { type Config, PGLITE_SHARED_BUFFERS_DEFAULT } from '../config.js';
 import { isDatabaseUnavailable, sqlState } from './errors.js';
 import { inPooledTransaction } from './pooled-transaction.js';
 import { isInMemory } from './pglite-cluster.js';
+import { pglitePreparedStatements } from './pglite-prepared.js';
 import { type Execution, runPipeline } from './prepared-pipeline.js';
 import { schema } from './schema.js';
 import { APP_ROLE } from './with-user.js';
@@ -39,12 +40,13 @@ export interface DatabaseHandle {
    */
   runScript(script: string): Promise<ScriptRows[]>;
   /**
-   * Runs named statements with parameters as one extended-protocol pipeline: one round trip,
-   * one implicit transaction, each statement parsed and planned once per server connection
-   * (prepared-pipeline.ts). Rows as runScript answers them. Resolves to undefined, having
-   * run nothing, where prepared statements are off: on PGlite (in-process, nothing to save),
-   * with DATABASE_PREPARED_STATEMENTS=false, or once the connections turned out not to keep
-   * them; the caller then sends the same work as a script.
+   * Runs named statements with parameters as one round trip and one implicit transaction,
+   * each statement parsed and planned once per connection: an extended-protocol pipeline on
+   * node-postgres (prepared-pipeline.ts), `EXECUTE`s of statements prepared in its session on
+   * PGlite (pglite-prepared.ts). Rows as runScript answers them. Resolves to undefined, having
+   * run nothing, where prepared statements are off (DATABASE_PREPARED_STATEMENTS=false, or
+   * once the connections turned out not to keep them); the caller then sends the same work as
+   * a script.
    */
   runPrepared(executions: readonly Execution[]): Promise<ScriptRows[] | undefined>;
   /** Resolves when the database answers a trivial query. */
@@ -242,6 +244,7 @@ function createPglite(dir: string, sharedBuffers: string, seed: Blob | undefined
     ...(seed === undefined ? {} : { loadDataDir: seed }),
   });
   const db = drizzlePglite(client, { schema });
+  const runScript = async (script: string) => rowsOfEach(await client.exec(script));
 
   return {
     kind: 'pglite',
@@ -250,11 +253,8 @@ function createPglite(dir: string, sharedBuffers: string, seed: Blob | undefined
       await migratePglite(db, { migrationsFolder: MIGRATIONS_FOLDER });
       await verifyAppRole(db);
     },
-    async runScript(script) {
-      return rowsOfEach(await client.exec(script));
-    },
-    // One in-process session: planning is a small part of a PGlite request (README).
-    runPrepared: async () => undefined,
+    runScript,
+    runPrepared: pglitePreparedStatements(runScript),
     async ping() {
       await db.execute(sql`select 1`);
     },

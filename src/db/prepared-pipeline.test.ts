@@ -7,9 +7,8 @@ import { createTasksRepository } from '../tasks/tasks.repository.js';
 import { APP_ROLE, actAsUser } from './with-user.js';
 
 /**
- * DatabaseHandle.runPrepared: named statements, one round trip, one implicit transaction.
- * It only runs on node-postgres; on PGlite it declines (the caller sends a script instead),
- * which every create in the PGlite pass goes through.
+ * DatabaseHandle.runPrepared on node-postgres: named statements, one round trip, one implicit
+ * transaction (PGlite's own way is pglite-prepared.test.ts).
  * These run on a real PostgreSQL in every CI pass, connected directly: what a connection
  * keeps between pipelines is the subject.
  */
