@@ -23,8 +23,8 @@ function executeStatement({ statement, values }: Execution): string {
  * one implicit transaction, the settings of the first statement holding for the rest, as in
  * any script) give the same answers as the pipeline on node-postgres, without parsing,
  * analysing and planning the statement again on every request. On PGlite that work runs as
- * WebAssembly on the thread that serves HTTP: a third of a list's CPU (README, "Prepared
- * statements on PGlite").
+ * WebAssembly on the thread that serves HTTP: a quarter to a third of a list's CPU (README,
+ * Benchmark, "Prepared statements on PGlite").
  *
  * `exec` runs a script and answers each statement's rows (DatabaseHandle.runScript).
  */
