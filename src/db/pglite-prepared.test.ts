@@ -1,8 +1,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createDatabase, type DatabaseHandle } from './client.js';
-import { sqlState } from './errors.js';
+import {
+  expectFailureRollsBackTheCall,
+  expectSettingsHoldWithinTheCall,
+} from '../../test/prepared-statements.js';
 import type { PreparedStatement } from './prepared-pipeline.js';
-import { APP_ROLE, actAsUser } from './with-user.js';
 
 /**
  * DatabaseHandle.runPrepared on PGlite (pglite-prepared.ts): statements prepared once in its
@@ -27,16 +29,7 @@ async function preparedNames(prefix: string): Promise<unknown[]> {
 
 describe('prepared statements (PGlite)', () => {
   it('when the settings come first, then the next statement runs as the app role for that user, and nothing outlives the call', async () => {
-    const who: PreparedStatement = {
-      name: 'test_settings_who',
-      text: "select current_user as role, coalesce(current_setting('app.user_id', true), '') as setting",
-    };
-    const [, inside] =
-      (await handle.runPrepared([actAsUser('prepared-user'), { statement: who, values: [] }])) ??
-      [];
-    expect(inside).toEqual([{ role: APP_ROLE, setting: 'prepared-user' }]);
-    const [after] = await handle.runScript(who.text);
-    expect(after).toEqual([{ role: 'postgres', setting: '' }]);
+    await expectSettingsHoldWithinTheCall(handle, 'test_settings');
   });
 
   it('when values hold quotes, backslashes and NULL, then each reaches its parameter unchanged and typed by it', async () => {
@@ -54,25 +47,7 @@ describe('prepared statements (PGlite)', () => {
   });
 
   it('when a statement fails, then the whole call is rolled back and the next one runs', async () => {
-    const insertUser: PreparedStatement = {
-      name: 'test_rollback_insert',
-      text: 'insert into "user" (id, name) values ($1, \'prepared\') returning id',
-    };
-    const divide: PreparedStatement = {
-      name: 'test_rollback_divide',
-      text: 'select 1 / $1::int as quotient',
-    };
-    const failing = handle.runPrepared([
-      { statement: insertUser, values: ['prepared-rolled-back'] },
-      { statement: divide, values: ['0'] },
-    ]);
-    await expect(failing).rejects.toSatisfy((error) => sqlState(error) === '22012');
-    const [rows] = await handle.runScript(
-      `select id from "user" where id = 'prepared-rolled-back'`,
-    );
-    expect(rows).toEqual([]);
-    const [quotient] = (await handle.runPrepared([{ statement: divide, values: ['1'] }])) ?? [];
-    expect(quotient).toEqual([{ quotient: 1 }]);
+    await expectFailureRollsBackTheCall(handle, 'test_rollback');
   });
 
   it('when statements run again, and when several requests race for a new one, then each is prepared once', async () => {

@@ -1,10 +1,12 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createPostgresDatabase, POSTGRES_ADMIN_URL } from '../../test/helpers.js';
+import {
+  expectFailureRollsBackTheCall,
+  expectSettingsHoldWithinTheCall,
+} from '../../test/prepared-statements.js';
 import { createDatabase, type DatabaseHandle } from './client.js';
-import { sqlState } from './errors.js';
 import type { PreparedStatement } from './prepared-pipeline.js';
 import { createTasksRepository } from '../tasks/tasks.repository.js';
-import { APP_ROLE, actAsUser } from './with-user.js';
 
 /**
  * DatabaseHandle.runPrepared on node-postgres: named statements, one round trip, one implicit
@@ -30,10 +32,6 @@ const WHO: PreparedStatement = {
   name: 'test_who',
   text: "select current_user as role, coalesce(current_setting('app.user_id', true), '') as setting",
 };
-const INSERT_USER: PreparedStatement = {
-  name: 'test_insert_user',
-  text: 'insert into "user" (id, name) values ($1, \'pipeline\') returning id',
-};
 const DIVIDE: PreparedStatement = { name: 'test_divide', text: 'select 1 / $1::int as quotient' };
 const PREPARED = 'select name from pg_prepared_statements order by name';
 
@@ -55,30 +53,13 @@ async function withSingleConnection(
 
 describe('prepared pipeline (PostgreSQL)', () => {
   it('when the settings come first, then the next statement runs as the app role for that user, and nothing outlives the pipeline', async () => {
-    await withSingleConnection(async (single) => {
-      const [, inside] =
-        (await single.runPrepared([actAsUser('pipeline-user'), { statement: WHO, values: [] }])) ??
-        [];
-      expect(inside).toEqual([{ role: APP_ROLE, setting: 'pipeline-user' }]);
-      const [after] = await single.runScript(WHO.text);
-      expect(after).toEqual([{ role: 'postgres', setting: '' }]);
-    });
+    await withSingleConnection((single) =>
+      expectSettingsHoldWithinTheCall(single, 'test_settings'),
+    );
   });
 
   it('when a statement fails, then the whole pipeline is rolled back and the connection serves the next one', async () => {
-    await withSingleConnection(async (single) => {
-      const failing = single.runPrepared([
-        { statement: INSERT_USER, values: ['pipeline-rolled-back'] },
-        { statement: DIVIDE, values: ['0'] },
-      ]);
-      await expect(failing).rejects.toSatisfy((error) => sqlState(error) === '22012');
-      const [rows] = await single.runScript(
-        'select id from "user" where id = \'pipeline-rolled-back\'',
-      );
-      expect(rows).toEqual([]);
-      const [quotient] = (await single.runPrepared([{ statement: DIVIDE, values: ['1'] }])) ?? [];
-      expect(quotient).toEqual([{ quotient: 1 }]);
-    });
+    await withSingleConnection((single) => expectFailureRollsBackTheCall(single, 'test_rollback'));
   });
 
   it('when statements run again on the same connection, then they are parsed once', async () => {
