@@ -51,6 +51,12 @@ export interface DatabaseHandle {
   runPrepared(executions: readonly Execution[]): Promise<ScriptRows[] | undefined>;
   /** Resolves when the database answers a trivial query. */
   ping(): Promise<void>;
+  /**
+   * Whether every connection the pool may open is open and checked out: a request that then
+   * waits too long for one met load, not an outage (the error handler words its 503 so).
+   * Always false on PGlite, which has no pool.
+   */
+  allConnectionsInUse(): boolean;
   close(): Promise<void>;
 }
 
@@ -191,6 +197,11 @@ function createPostgres(
   pool.on('connect', (client) => {
     client.on('error', onPoolError);
   });
+  // Connections that reached the server, less those the pool has dropped since ('remove' is
+  // not emitted for an attempt that never connected).
+  let connected = 0;
+  pool.on('connect', () => connected++);
+  pool.on('remove', () => connected--);
   const db = drizzlePg(pool, { schema });
 
   return {
@@ -229,6 +240,7 @@ function createPostgres(
     async ping() {
       await pool.query('select 1');
     },
+    allConnectionsInUse: () => connected >= poolMax && pool.idleCount === 0,
     async close() {
       await pool.end();
     },
@@ -258,6 +270,7 @@ function createPglite(dir: string, sharedBuffers: string, seed: Blob | undefined
     async ping() {
       await db.execute(sql`select 1`);
     },
+    allConnectionsInUse: () => false,
     async close() {
       await client.close();
     },

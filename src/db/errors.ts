@@ -22,9 +22,12 @@ const UNAVAILABLE_SQLSTATES = new Set([
   '57014', // query_canceled (statement timeout)
 ]);
 
+/** node-postgres's pool, when no connection came free in `connectionTimeoutMillis`. */
+const POOL_WAIT_TIMEOUT = 'timeout exceeded when trying to connect';
+
 const UNAVAILABLE_MESSAGES = [
   'Connection terminated',
-  'timeout exceeded when trying to connect',
+  POOL_WAIT_TIMEOUT,
   'Client has encountered a connection error',
   'Cannot use a pool after calling end',
   'PGlite is closed',
@@ -68,4 +71,16 @@ export function sqlState(error: unknown): string | undefined {
     if (code !== undefined && /^[0-9A-Z]{5}$/.test(code)) return code;
   }
   return undefined;
+}
+
+/**
+ * node-postgres's pool gave up waiting for one of its connections to come free (it was full:
+ * every connection open or being opened was taken). Whether that is load or an outage
+ * depends on whether those connections had reached the server (allConnectionsInUse).
+ */
+export function isPoolWaitTimeout(error: unknown): boolean {
+  for (const link of errorChain(error)) {
+    if (link instanceof Error && link.message === POOL_WAIT_TIMEOUT) return true;
+  }
+  return false;
 }

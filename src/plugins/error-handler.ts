@@ -3,7 +3,7 @@ import { STATUS_CODES } from 'node:http';
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
 import { hasZodFastifySchemaValidationErrors } from 'fastify-type-provider-zod';
-import { isDatabaseUnavailable, sqlState } from '../db/errors.js';
+import { isDatabaseUnavailable, isPoolWaitTimeout, sqlState } from '../db/errors.js';
 import { HttpError, UnauthorizedError, ValidationError, type ValidationIssue } from '../errors.js';
 import { TooManyRequestsError } from './rate-limit.js';
 import { logSecurityEvent } from './security-log.js';
@@ -107,6 +107,15 @@ async function errorHandlerPlugin(app: FastifyInstance) {
       return sendValidation(reply, [bodyError ?? INVALID_JSON]);
     }
 
+    if (isPoolWaitTimeout(error) && request.server.database.allConnectionsInUse()) {
+      // Load, not an outage: every connection is open and busy. Saying "cannot be reached"
+      // here sent operators looking for a database problem during a traffic peak.
+      request.log.warn({ err: error }, 'database busy: no pool connection came free in time');
+      return reply
+        .code(503)
+        .header('retry-after', '5')
+        .send({ detail: 'Service busy: every database connection is in use; retry shortly' });
+    }
     if (isDatabaseUnavailable(error)) {
       request.log.error({ err: error }, 'database unavailable');
       return reply
