@@ -48,7 +48,24 @@ describe('loadConfig defaults', () => {
       { BETTER_AUTH_SECRET: SECRET, DATABASE_URL: url },
       { devSecretFile: freshSecretFile() },
     );
-    expect(config.database).toMatchObject({ kind: 'postgres', url, preparedStatements: true });
+    expect(config.database).toMatchObject({
+      kind: 'postgres',
+      url,
+      preparedStatements: true,
+      connectTimeoutMs: 5_000,
+    });
+  });
+
+  it('when DATABASE_CONNECT_TIMEOUT_MS is set, then the pool waits that long for a connection', () => {
+    const config = loadConfig(
+      {
+        BETTER_AUTH_SECRET: SECRET,
+        DATABASE_URL: 'postgres://todo@db.example.com/todo',
+        DATABASE_CONNECT_TIMEOUT_MS: '15000',
+      },
+      { devSecretFile: freshSecretFile() },
+    );
+    expect(config.database).toMatchObject({ kind: 'postgres', connectTimeoutMs: 15_000 });
   });
 
   it('when DATABASE_PREPARED_STATEMENTS=false, then the create sends scripts only', () => {
@@ -95,6 +112,8 @@ describe('loadConfig bad values', () => {
     ['LOG_LEVEL', 'loud'],
     ['CORS_ORIGINS', 'not an origin'],
     ['DATABASE_PREPARED_STATEMENTS', 'yes'],
+    ['DATABASE_CONNECT_TIMEOUT_MS', '0'],
+    ['DATABASE_CONNECT_TIMEOUT_MS', '5s'],
     ['PGLITE_SHARED_BUFFERS', '16'],
     ['PGLITE_SHARED_BUFFERS', '16MB -c fsync=off'],
   ].map(([variable = '', value = '']) => ({ variable, value, env: { [variable]: value } }));

@@ -49,6 +49,13 @@ const nonNegativeInt = (fallback: number, max: number) => wholeNumber(0, fallbac
  */
 export const PGLITE_SHARED_BUFFERS_DEFAULT = '16MB';
 
+/**
+ * How long a request waits for a database connection, opened or freed, before its 503: short
+ * enough that an unreachable database is a quick answer, long enough for a Neon compute that
+ * was scaled to zero to wake (usually well under a second).
+ */
+export const DATABASE_CONNECT_TIMEOUT_MS_DEFAULT = 5_000;
+
 /** WEB_CONCURRENCY's ceiling: far more processes than cores only adds contention. */
 const MAX_WORKERS = 64;
 
@@ -63,6 +70,7 @@ const envSchema = z.object({
       .optional(),
   ),
   DATABASE_POOL_MAX: positiveInt(10, 1000),
+  DATABASE_CONNECT_TIMEOUT_MS: positiveInt(DATABASE_CONNECT_TIMEOUT_MS_DEFAULT, 600_000),
   DATABASE_PREPARED_STATEMENTS: optionalString.pipe(z.enum(['true', 'false']).default('true')),
   PGLITE_DIR: optionalString.pipe(z.string().default('./.data/pglite')),
   PGLITE_SHARED_BUFFERS: optionalString.pipe(
@@ -114,6 +122,8 @@ export interface Config {
         kind: 'postgres';
         url: string;
         poolMax: number;
+        /** The pool's wait for a connection, opened or freed (DATABASE_CONNECT_TIMEOUT_MS). */
+        connectTimeoutMs?: number;
         /**
          * Named prepared statements for the create (DatabaseHandle.runPrepared); unset: on.
          * Off behind a pooler that cannot keep them (PgBouncer before 1.21, or with
@@ -238,6 +248,7 @@ export function loadConfig(
           kind: 'postgres',
           url: vars.DATABASE_URL,
           poolMax: vars.DATABASE_POOL_MAX,
+          connectTimeoutMs: vars.DATABASE_CONNECT_TIMEOUT_MS,
           preparedStatements: vars.DATABASE_PREPARED_STATEMENTS === 'true',
         }
       : { kind: 'pglite', dir: vars.PGLITE_DIR, sharedBuffers: vars.PGLITE_SHARED_BUFFERS },

@@ -8,7 +8,11 @@ import { type PgDatabase, PgDialect, type PgQueryResultHKT } from 'drizzle-orm/p
 import { drizzle as drizzlePglite } from 'drizzle-orm/pglite';
 import { migrate as migratePglite } from 'drizzle-orm/pglite/migrator';
 import pg from 'pg';
-import { type Config, PGLITE_SHARED_BUFFERS_DEFAULT } from '../config.js';
+import {
+  type Config,
+  DATABASE_CONNECT_TIMEOUT_MS_DEFAULT,
+  PGLITE_SHARED_BUFFERS_DEFAULT,
+} from '../config.js';
 import { isDatabaseUnavailable, sqlState } from './errors.js';
 import { inPooledTransaction } from './pooled-transaction.js';
 import { isInMemory } from './pglite-cluster.js';
@@ -160,7 +164,7 @@ export function createDatabase(
   pgliteSeed?: Blob,
 ): DatabaseHandle {
   return config.kind === 'postgres'
-    ? createPostgres(config.url, config.poolMax, config.preparedStatements ?? true, onPoolError)
+    ? createPostgres(config, onPoolError)
     : createPglite(config.dir, config.sharedBuffers ?? PGLITE_SHARED_BUFFERS_DEFAULT, pgliteSeed);
 }
 
@@ -174,17 +178,21 @@ export function createDatabase(
 const PREPARED_STATEMENT_LOST = new Set(['26000', '42P05']);
 
 function createPostgres(
-  url: string,
-  poolMax: number,
-  preparedStatements: boolean,
+  {
+    url,
+    poolMax,
+    connectTimeoutMs = DATABASE_CONNECT_TIMEOUT_MS_DEFAULT,
+    preparedStatements = true,
+  }: Extract<Config['database'], { kind: 'postgres' }>,
   onPoolError: (error: Error) => void,
 ): DatabaseHandle {
   let prepared = preparedStatements;
   const pool = new pg.Pool({
     connectionString: url,
     max: poolMax,
-    // A database that does not answer must turn into a quick 503, not a hung request.
-    connectionTimeoutMillis: 5_000,
+    // A database that does not answer must turn into a quick 503, not a hung request. The
+    // same bound applies to the wait for a busy pool's next free connection.
+    connectionTimeoutMillis: connectTimeoutMs,
     idleTimeoutMillis: 30_000,
     keepAlive: true,
   });

@@ -14,9 +14,11 @@ import { createDatabase, type DatabaseHandle } from '../db/client.js';
 /**
  * A pool whose every connection is busy is load, not an outage: the 503 and the log line say
  * so (database-outage.test.ts has the outage). On a real PostgreSQL in every CI pass, with a
- * pool of one connection that the test keeps busy with a query longer than the pool's 5 s
- * wait for a free connection.
+ * pool of one connection that the test keeps busy with a query longer than the pool's wait
+ * for a free connection (DATABASE_CONNECT_TIMEOUT_MS, here 1 s).
  */
+const CONNECT_TIMEOUT_MS = 1_000;
+
 let postgres: Awaited<ReturnType<typeof createPostgresDatabase>>;
 let database: DatabaseHandle;
 let app: FastifyInstance;
@@ -24,9 +26,15 @@ const logLines: string[] = [];
 
 beforeAll(async () => {
   postgres = await createPostgresDatabase(POSTGRES_ADMIN_URL);
-  database = createDatabase({ kind: 'postgres', url: postgres.directUrl, poolMax: 1 }, () => {
-    return undefined;
-  });
+  database = createDatabase(
+    {
+      kind: 'postgres',
+      url: postgres.directUrl,
+      poolMax: 1,
+      connectTimeoutMs: CONNECT_TIMEOUT_MS,
+    },
+    () => undefined,
+  );
   await database.migrate();
   app = await buildApp(testConfig({ LOG_LEVEL: 'warn' }), {
     database,
@@ -48,10 +56,17 @@ describe('database busy', () => {
   it('when every pool connection stays in use past the wait, then the request is 503 "busy" with Retry-After, logged as load and not as an outage', async () => {
     const user = await createUserAndToken();
     expect(database.allConnectionsInUse()).toBe(false);
-    const holding = database.runScript('select pg_sleep(7)');
+    let held = true;
+    const holding = database.runScript('select pg_sleep(3)').finally(() => {
+      held = false;
+    });
     const from = logLines.length;
+    const started = performance.now();
 
     const response = await app.inject({ method: 'GET', url: '/api/tasks', headers: user.headers });
+    // Answered after the configured wait, while the connection was still taken.
+    expect(performance.now() - started).toBeGreaterThanOrEqual(CONNECT_TIMEOUT_MS - 50);
+    expect(held).toBe(true);
     expect(database.allConnectionsInUse()).toBe(true);
     await holding;
 
@@ -68,7 +83,7 @@ describe('database busy', () => {
     const after = await app.inject({ method: 'GET', url: '/api/tasks', headers: user.headers });
     expect(after.statusCode).toBe(200);
     expect(database.allConnectionsInUse()).toBe(false);
-  }, 20_000);
+  }, 15_000);
 
   it('when the pool is full of connections still waiting for a silent server, then a request that waited is "cannot be reached", not busy', async () => {
     // Accepts TCP connections and never answers: a database that hangs on connect.
@@ -79,7 +94,12 @@ describe('database busy', () => {
     const address = silent.address();
     if (address === null || typeof address === 'string') throw new Error('no port assigned');
     const hanging = createDatabase(
-      { kind: 'postgres', url: `postgres://postgres@127.0.0.1:${address.port}/x`, poolMax: 1 },
+      {
+        kind: 'postgres',
+        url: `postgres://postgres@127.0.0.1:${address.port}/x`,
+        poolMax: 1,
+        connectTimeoutMs: CONNECT_TIMEOUT_MS,
+      },
       () => undefined,
     );
     // An injected database is not migrated, so the app starts without reaching it.
@@ -122,5 +142,5 @@ describe('database busy', () => {
       for (const socket of sockets) socket.destroy();
       silent.close();
     }
-  }, 20_000);
+  }, 15_000);
 });
