@@ -196,6 +196,10 @@ function createPostgres(
     idleTimeoutMillis: 30_000,
     keepAlive: true,
   });
+  // Connections that reached the server (counted on 'connect' below), less those the pool has
+  // dropped since; 'remove' is not emitted for an attempt that never connected.
+  let connected = 0;
+  pool.on('remove', () => connected--);
   // An idle client losing its connection emits here; without a listener the process dies.
   pool.on('error', onPoolError);
   // So does a checked-out client whose connection drops between two queries of a transaction
@@ -203,13 +207,9 @@ function createPostgres(
   // the database link was cut under load. Its next query fails instead (a 503), and the pool
   // discards it on release.
   pool.on('connect', (client) => {
+    connected++;
     client.on('error', onPoolError);
   });
-  // Connections that reached the server, less those the pool has dropped since ('remove' is
-  // not emitted for an attempt that never connected).
-  let connected = 0;
-  pool.on('connect', () => connected++);
-  pool.on('remove', () => connected--);
   const db = drizzlePg(pool, { schema });
 
   return {

@@ -8,6 +8,9 @@ import { HttpError, UnauthorizedError, ValidationError, type ValidationIssue } f
 import { TooManyRequestsError } from './rate-limit.js';
 import { logSecurityEvent } from './security-log.js';
 
+/** When a client may try again after a 503 for the database (outage or busy pool). */
+const DATABASE_RETRY_AFTER_SECONDS = '5';
+
 /** SQLSTATE 42501: a row-level security policy refused the row, or a privilege is missing. */
 const INSUFFICIENT_PRIVILEGE = '42501';
 
@@ -113,14 +116,14 @@ async function errorHandlerPlugin(app: FastifyInstance) {
       request.log.warn({ err: error }, 'database busy: no pool connection came free in time');
       return reply
         .code(503)
-        .header('retry-after', '5')
+        .header('retry-after', DATABASE_RETRY_AFTER_SECONDS)
         .send({ detail: 'Service busy: every database connection is in use; retry shortly' });
     }
     if (isDatabaseUnavailable(error)) {
       request.log.error({ err: error }, 'database unavailable');
       return reply
         .code(503)
-        .header('retry-after', '5')
+        .header('retry-after', DATABASE_RETRY_AFTER_SECONDS)
         .send({ detail: 'Service temporarily unavailable: the database cannot be reached' });
     }
 
