@@ -17,6 +17,7 @@ import { isDatabaseUnavailable, sqlState } from './errors.js';
 import { inPooledTransaction } from './pooled-transaction.js';
 import { isInMemory } from './pglite-cluster.js';
 import { pglitePreparedStatements } from './pglite-prepared.js';
+import { pgliteScriptRunner } from './pglite-script.js';
 import { type Execution, runPipeline } from './prepared-pipeline.js';
 import { schema } from './schema.js';
 import { APP_ROLE } from './with-user.js';
@@ -264,7 +265,7 @@ function createPglite(dir: string, sharedBuffers: string, seed: Blob | undefined
     ...(seed === undefined ? {} : { loadDataDir: seed }),
   });
   const db = drizzlePglite(client, { schema });
-  const runScript = async (script: string) => rowsOfEach(await client.exec(script));
+  const runScript = pgliteScriptRunner(client);
 
   return {
     kind: 'pglite',
