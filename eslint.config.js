@@ -4,7 +4,15 @@ import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
   {
-    ignores: ['dist/', 'node_modules/', 'coverage/', 'test-results/', '.probe/', 'bench/results/'],
+    ignores: [
+      'dist/',
+      '.test-build-*/',
+      'node_modules/',
+      'coverage/',
+      'test-results/',
+      '.probe/',
+      'bench/results/',
+    ],
   },
   js.configs.recommended,
   ...tseslint.configs.strict,

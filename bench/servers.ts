@@ -14,31 +14,14 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
-import { z } from 'zod';
+import { startScriptNodeOptions } from '../test/start-script.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const READY_TIMEOUT_MS = 180_000;
 const STOP_TIMEOUT_MS = 15_000;
 
 export { freePort } from '../test/free-port.js';
-
-/**
- * The node options `npm start` gives the service (package.json), so that the bench runs it
- * as users do: `node <these> dist/server.js`.
- */
-export function startScriptNodeOptions(): string[] {
-  const manifest = z
-    .object({ scripts: z.object({ start: z.string() }) })
-    .parse(JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')));
-  const { start } = manifest.scripts;
-  const match = /^node((?: --\S+)*) dist\/server\.js$/.exec(start);
-  if (match === null) {
-    throw new Error(
-      `package.json's start script is not "node [--options] dist/server.js": ${start}`,
-    );
-  }
-  return (match[1] ?? '').split(' ').filter((option) => option !== '');
-}
+export { startScriptNodeOptions };
 
 /** Resident memory of one process in MiB, from /proc (Linux); undefined once it has exited. */
 function ownRssMb(pid: number): number | undefined {

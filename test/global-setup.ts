@@ -1,5 +1,6 @@
 /**
  * Once per test run, before any suite:
+ * - the service is compiled (test/service-build.ts) for the end-to-end tests to start;
  * - on PGlite (no DATABASE_URL), one migrated database is dumped to a file, and every suite's
  *   database starts from that dump (test/helpers.ts) instead of initialising a new cluster;
  * - with TEST_VIA_PGBOUNCER=1 (and DATABASE_URL set), every suite reaches its databases through
@@ -14,6 +15,7 @@ import { PGlite } from '@electric-sql/pglite';
 import type { TestProject } from 'vitest/node';
 import { createDatabase } from '../src/db/client.js';
 import { startPgBouncer } from './pgbouncer.js';
+import { compileService } from './service-build.js';
 
 /**
  * Server connections per test database: fewer than a suite's pool (SUITE_POOL_SIZE), so that
@@ -28,6 +30,8 @@ declare module 'vitest' {
     pgbouncerPort: number | null;
     /** A dump of a freshly migrated PGlite database, or null when suites use PostgreSQL. */
     pgliteSeedPath: string | null;
+    /** The service compiled for this run (test/service-build.ts), started by test/process.ts. */
+    serviceBuildDir: string;
   }
 }
 
@@ -53,6 +57,24 @@ async function dumpMigratedPglite(): Promise<{ path: string; remove(): void }> {
 }
 
 export default async function setup(project: TestProject) {
+  const build = compileService();
+  project.provide('serviceBuildDir', build.dir);
+  try {
+    const teardownDatabase = await setUpDatabases(project);
+    return async () => {
+      try {
+        await teardownDatabase?.();
+      } finally {
+        build.remove();
+      }
+    };
+  } catch (failure) {
+    build.remove();
+    throw failure;
+  }
+}
+
+async function setUpDatabases(project: TestProject): Promise<(() => unknown) | undefined> {
   const serverUrl = process.env.DATABASE_URL;
   if (!serverUrl) {
     if (process.env.TEST_VIA_PGBOUNCER === '1') {

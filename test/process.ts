@@ -1,7 +1,8 @@
 /**
- * Real processes for end-to-end tests: the server (`node --import tsx src/server.ts`) on a free
- * port until the test stops it, and one-shot scripts (a server that must fail to start, the
- * token CLI) run to their exit.
+ * Real processes for end-to-end tests: the server on a free port until the test stops it, and
+ * one-shot runs (a server that must fail to start, the token CLI) to their exit. The server is
+ * the run's compiled service (test/service-build.ts) started as `npm start` starts dist/, the
+ * token CLI as `npm run token` runs it (tsx).
  *
  * Every process runs in a fresh temporary directory (removed once it has exited), so a
  * developer's `.env` in the repository, which the server and the CLIs read from their working
@@ -15,17 +16,19 @@ import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { inject } from 'vitest';
 import { freePort } from './free-port.js';
 import { ADMIN_DATABASE_URL, createPostgresDatabase, TEST_SECRET } from './helpers.js';
+import { startScriptNodeOptions } from './start-script.js';
 
 export { freePort };
 
 export const REPO_ROOT = fileURLToPath(new URL('..', import.meta.url));
 
-/** tsx's loader (`--import tsx`), resolved from the repository, as a file URL. */
+/** tsx's loader (`--import tsx`, as `npm run token` uses it), resolved from the repository, as a file URL. */
 const TSX_LOADER = pathToFileURL(createRequire(import.meta.url).resolve('tsx')).href;
 
-/** Default for how long a server may take to answer /health: tsx, PGlite and migrations on a busy machine. */
+/** Default for how long a server may take to answer /health: PGlite and migrations on a busy machine. */
 const STARTUP_LIMIT_MS = 60_000;
 /** A one-shot script still running after this is killed (SIGKILL). */
 const RUN_LIMIT_MS = 50_000;
@@ -69,18 +72,27 @@ interface Spawned {
   closed: Promise<void>;
 }
 
-/** `node --import tsx <REPO_ROOT>/<script> ...args` in a fresh temporary directory. */
-function spawnScript(script: string, args: string[], env: Record<string, string>): Spawned {
+/** What the tests run: the service, or the CLI that mints tokens. */
+export type Program = 'server' | 'token-cli';
+
+/** node's arguments that start `program`, before the program's own. */
+function nodeArguments(program: Program): string[] {
+  switch (program) {
+    case 'server':
+      return [...startScriptNodeOptions(), join(inject('serviceBuildDir'), 'server.js')];
+    case 'token-cli':
+      return ['--import', TSX_LOADER, join(REPO_ROOT, 'src', 'cli', 'token.ts')];
+  }
+}
+
+/** `program` with `args` in a fresh temporary directory. */
+function spawnProgram(program: Program, args: string[], env: Record<string, string>): Spawned {
   const cwd = mkdtempSync(join(tmpdir(), 'todo-e2e-'));
-  const child = spawn(
-    process.execPath,
-    ['--import', TSX_LOADER, join(REPO_ROOT, script), ...args],
-    {
-      cwd,
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: isolatedEnv(env),
-    },
-  );
+  const child = spawn(process.execPath, [...nodeArguments(program), ...args], {
+    cwd,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: isolatedEnv(env),
+  });
   running.add(child);
   let stdout = '';
   let stderr = '';
@@ -119,13 +131,13 @@ export interface RunResult extends ExitResult {
   stderr: string;
 }
 
-/** Runs `script` with `args` and only `env` (see isolatedEnv); resolves when it has exited. */
-export async function runScript(
-  script: string,
+/** Runs `program` with `args` and only `env` (see isolatedEnv); resolves when it has exited. */
+export async function runProgram(
+  program: Program,
   args: string[],
   env: Record<string, string>,
 ): Promise<RunResult> {
-  const run = spawnScript(script, args, env);
+  const run = spawnProgram(program, args, env);
   const timer = setTimeout(() => run.child.kill('SIGKILL'), RUN_LIMIT_MS);
   const { code, signal } = await run.exited;
   await run.closed;
@@ -169,7 +181,7 @@ export interface StartServerOptions {
 export async function startServer(options: StartServerOptions = {}): Promise<ServerProcess> {
   const port = options.port ?? (await freePort());
   const baseUrl = `http://127.0.0.1:${port}`;
-  const { child, stdout, stderr, exited, exitResult } = spawnScript('src/server.ts', [], {
+  const { child, stdout, stderr, exited, exitResult } = spawnProgram('server', [], {
     BETTER_AUTH_SECRET: TEST_SECRET,
     LOG_LEVEL: 'info',
     PGLITE_DIR: 'memory://',

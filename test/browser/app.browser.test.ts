@@ -1,8 +1,8 @@
 /**
- * The page at `/` in a real browser: Debian's Chromium driven by playwright-core, against the
- * real server process (`node --import tsx src/server.ts`) on a free port and a fresh database
- * (PostgreSQL when DATABASE_URL is set, else PGlite in memory). Each test signs up its own
- * users in their own browser contexts (separate cookie jars), as separate people would.
+ * The page at `/` in a real browser: Debian's Chromium driven by playwright-core, against the real
+ * server process (the compiled service, started as `npm start` starts it) on a free port and a
+ * fresh database (PostgreSQL when DATABASE_URL is set, else PGlite in memory). Each test signs up
+ * its own users in their own browser contexts (separate cookie jars), as separate people would.
  *
  * Chromium is never downloaded: it must be at /usr/bin/chromium (or CHROMIUM_PATH); without
  * it every test here fails with a message saying so.

@@ -1,7 +1,7 @@
 /**
- * Better Auth over real HTTP, in real processes (`node --import tsx src/server.ts`), each on a
- * free port and its own fresh database (PostgreSQL when DATABASE_URL is set, else PGlite in
- * memory):
+ * Better Auth over real HTTP, in real processes (the compiled service, started as `npm start`
+ * starts it), each on a free port and its own fresh database (PostgreSQL when DATABASE_URL is
+ * set, else PGlite in memory):
  * - "api" serves tasks and hosts its own Better Auth (BETTER_AUTH_URL = its own address);
  * - "frontend" plays the Next.js app's Better Auth; "api" accepts its tokens through
  *   AUTH_JWKS_URL / AUTH_ISSUER / AUTH_AUDIENCE, as a deployment with an external issuer does.

@@ -1,8 +1,8 @@
 /**
- * WEB_CONCURRENCY=2 on the real process (`node --import tsx src/server.ts`): a node:cluster
- * primary and two workers on one port, PostgreSQL and the shared Redis. Which worker answered a
- * request is read from its log line (pino writes the `pid` of every line's process), matched by
- * the request's X-Request-Id; the primary logs each worker's pid as it starts and exits.
+ * WEB_CONCURRENCY=2 on the real process (the compiled service, started as `npm start` starts it): a
+ * node:cluster primary and two workers on one port, PostgreSQL and the shared Redis. Which worker
+ * answered a request is read from its log line (pino writes the `pid` of every line's process),
+ * matched by the request's X-Request-Id; the primary logs each worker's pid as it starts and exits.
  *
  * Needs PostgreSQL whichever way the suite runs (PGlite is one process only): the admin URL is
  * DATABASE_URL when set, else the local server; each suite gets its own database, and its own
@@ -25,7 +25,7 @@ import {
   killLeftovers,
   type LogLine,
   type RunResult,
-  runScript,
+  runProgram,
   type ServerProcess,
   sleep,
   startServer,
@@ -34,7 +34,7 @@ import {
 const REDIS_URL = 'redis://127.0.0.1:6379';
 const WORKERS = 2;
 const USER_LIMIT = 5;
-/** Two workers each starting tsx and migrating, on a busy 2-core machine. */
+/** Two workers each loading the service and migrating, on a busy 2-core machine. */
 const STARTUP_LIMIT_MS = 120_000;
 const REQUEST_LIMIT_MS = 10_000;
 
@@ -423,7 +423,7 @@ describe('WEB_CONCURRENCY=2, SIGTERM under load', () => {
 
 describe('WEB_CONCURRENCY=2 that cannot start', () => {
   const runServer = (env: Record<string, string>) =>
-    runScript('src/server.ts', [], {
+    runProgram('server', [], {
       BETTER_AUTH_SECRET: TEST_SECRET,
       HOST: '127.0.0.1',
       PORT: '0',

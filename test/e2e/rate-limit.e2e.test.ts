@@ -1,7 +1,7 @@
 /**
- * Two real server processes (`node --import tsx src/server.ts`) sharing one Redis: instance A
- * talks to Redis directly, instance B through a TCP proxy this test owns, so the test can cut
- * B's link to Redis (the real Redis keeps running) and bring it back.
+ * Two real server processes (the compiled service, started as `npm start` starts it) sharing one
+ * Redis: instance A talks to Redis directly, instance B through a TCP proxy this test owns, so the
+ * test can cut B's link to Redis (the real Redis keeps running) and bring it back.
  */
 
 import { randomUUID } from 'node:crypto';

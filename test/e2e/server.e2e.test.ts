@@ -1,6 +1,6 @@
 /**
- * The real process over real HTTP: `node --import tsx src/server.ts` on a free port, on a
- * fresh database (PostgreSQL when DATABASE_URL is set, else PGlite in memory).
+ * The real process over real HTTP: the compiled service, started as `npm start` starts it, on a
+ * free port, on a fresh database (PostgreSQL when DATABASE_URL is set, else PGlite in memory).
  */
 import http from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';

@@ -4,13 +4,13 @@
  */
 import { afterAll, describe, expect, it } from 'vitest';
 import { TEST_SECRET } from '../helpers.js';
-import { freePort, killLeftovers, type RunResult, runScript } from '../process.js';
+import { freePort, killLeftovers, type RunResult, runProgram } from '../process.js';
 
 afterAll(killLeftovers);
 
 /** Runs the server with only PATH, HOME, an in-memory PGlite and `env`; resolves when it exits. */
 const runServer = (env: Record<string, string>) =>
-  runScript('src/server.ts', [], { PGLITE_DIR: 'memory://', HOST: '127.0.0.1', ...env });
+  runProgram('server', [], { PGLITE_DIR: 'memory://', HOST: '127.0.0.1', ...env });
 
 function expectOneLineNaming(result: RunResult, variable: string) {
   expect(result.code, `signal ${result.signal}: ${result.stderr}`).toBe(1);

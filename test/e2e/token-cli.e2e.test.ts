@@ -1,14 +1,14 @@
 /** `npm run token -- <user-id>`: the development token minter, run as a real process. */
 import { jwtVerify } from 'jose';
 import { afterAll, describe, expect, it } from 'vitest';
-import { killLeftovers, runScript } from '../process.js';
+import { killLeftovers, runProgram } from '../process.js';
 
 const CLI_SECRET = 'token-cli-e2e-secret-0123456789-abcdefghijklmnopqrstuvwxyz';
 
 afterAll(killLeftovers);
 
 const runTokenCli = (args: string[]) =>
-  runScript('src/cli/token.ts', args, { BETTER_AUTH_SECRET: CLI_SECRET, PGLITE_DIR: 'memory://' });
+  runProgram('token-cli', args, { BETTER_AUTH_SECRET: CLI_SECRET, PGLITE_DIR: 'memory://' });
 
 describe('token CLI', () => {
   it('when given a user id, then it prints one HS256 JWT for that subject, valid for an hour', async () => {
