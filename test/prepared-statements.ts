@@ -44,3 +44,34 @@ export async function expectFailureRollsBackTheCall(handle: DatabaseHandle, pref
   const [quotient] = (await handle.runPrepared([{ statement: divide, values: ['1'] }])) ?? [];
   expect(quotient).toEqual([{ quotient: 1 }]);
 }
+
+/**
+ * A statement run after the settings keeps one generic plan from its first execution: never
+ * planned again per call, whatever PostgreSQL's comparison of plan costs would choose.
+ */
+export async function expectStatementsKeepOneGenericPlan(handle: DatabaseHandle, prefix: string) {
+  const owner = `${prefix}-user`;
+  const tasksAfter: PreparedStatement = {
+    name: `${prefix}_tasks_after`,
+    text: 'select count(*)::int as tasks from task where user_id = $1 and id > $2',
+  };
+  const plansOf: PreparedStatement = {
+    name: `${prefix}_plans_of`,
+    text:
+      'select generic_plans::int as generic, custom_plans::int as custom ' +
+      'from pg_prepared_statements where name = $1',
+  };
+  const executions = 8;
+  for (let after = 0; after < executions; after++) {
+    await handle.runPrepared([
+      actAsUser(owner),
+      { statement: tasksAfter, values: [owner, String(after)] },
+    ]);
+  }
+  const [, plans] =
+    (await handle.runPrepared([
+      actAsUser(owner),
+      { statement: plansOf, values: [tasksAfter.name] },
+    ])) ?? [];
+  expect(plans).toEqual([{ generic: executions, custom: 0 }]);
+}

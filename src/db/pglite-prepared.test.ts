@@ -3,6 +3,7 @@ import { createDatabase, type DatabaseHandle } from './client.js';
 import {
   expectFailureRollsBackTheCall,
   expectSettingsHoldWithinTheCall,
+  expectStatementsKeepOneGenericPlan,
 } from '../../test/prepared-statements.js';
 import type { PreparedStatement } from './prepared-pipeline.js';
 
@@ -48,6 +49,10 @@ describe('prepared statements (PGlite)', () => {
 
   it('when a statement fails, then the whole call is rolled back and the next one runs', async () => {
     await expectFailureRollsBackTheCall(handle, 'test_rollback');
+  });
+
+  it('when a statement runs after the settings again and again, then it keeps one generic plan and is never planned again', async () => {
+    await expectStatementsKeepOneGenericPlan(handle, 'test_generic');
   });
 
   it('when statements run again, and when several requests race for a new one, then each is prepared once', async () => {

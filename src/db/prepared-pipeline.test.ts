@@ -3,6 +3,7 @@ import { createPostgresDatabase, POSTGRES_ADMIN_URL } from '../../test/helpers.j
 import {
   expectFailureRollsBackTheCall,
   expectSettingsHoldWithinTheCall,
+  expectStatementsKeepOneGenericPlan,
 } from '../../test/prepared-statements.js';
 import { createDatabase, type DatabaseHandle } from './client.js';
 import type { PreparedStatement } from './prepared-pipeline.js';
@@ -60,6 +61,12 @@ describe('prepared pipeline (PostgreSQL)', () => {
 
   it('when a statement fails, then the whole pipeline is rolled back and the connection serves the next one', async () => {
     await withSingleConnection((single) => expectFailureRollsBackTheCall(single, 'test_rollback'));
+  });
+
+  it('when a statement runs after the settings again and again, then it keeps one generic plan and is never planned again', async () => {
+    await withSingleConnection((single) =>
+      expectStatementsKeepOneGenericPlan(single, 'test_generic'),
+    );
   });
 
   it('when statements run again on the same connection, then they are parsed once', async () => {

@@ -113,10 +113,21 @@ function textParameter(value: string): string {
   return wellFormed(value);
 }
 
-/** The prepared form of actAsUserStatements: both settings in one planned statement. */
+/**
+ * The prepared form of actAsUserStatements: both settings in one planned statement, and a
+ * third for the statements prepared after it. With the default plan_cache_mode (auto),
+ * PostgreSQL planned the routes' statements again on every execution: after five custom
+ * plans it keeps one only if its estimate beats theirs, and the generic plan of a list never
+ * did (its LIMIT and owner are parameters). The generic plans are the ones
+ * src/tasks/tasks.explain.test.ts holds to an index and no sort at 100 000 tasks, so the
+ * routes use them from the first execution. Transaction-local like the rest: nothing else
+ * (Better Auth's statements, another client of a pooled connection) is affected.
+ */
 const ACT_AS_USER: PreparedStatement = {
   name: 'todo_act_as_user',
-  text: `select set_config('role', '${APP_ROLE}', true), set_config('${USER_SETTING}', $1, true)`,
+  text:
+    `select set_config('role', '${APP_ROLE}', true), set_config('${USER_SETTING}', $1, true), ` +
+    "set_config('plan_cache_mode', 'force_generic_plan', true)",
 };
 
 /** The execution that makes the rest of a pipeline the application role acting for `userId`. */
