@@ -1,4 +1,6 @@
-import { betterAuth } from 'better-auth';
+// The minimal entry: Better Auth without Kysely, which only its own database connections use
+// (ours go through the Drizzle adapter). About 3 MB less heap for the life of the process.
+import { betterAuth } from 'better-auth/minimal';
 import { drizzleAdapter } from 'better-auth/adapters/drizzle';
 import { bearer } from 'better-auth/plugins/bearer';
 import { jwt } from 'better-auth/plugins/jwt';

@@ -1,7 +1,7 @@
 import fastifyRateLimit, { normalizeIP } from '@fastify/rate-limit';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
 import { Gauge } from 'prom-client';
 import type { Config } from '../config.js';
 import { ForbiddenError, HttpError, UnauthorizedError } from '../errors.js';
@@ -46,7 +46,10 @@ export class TooManyRequestsError extends HttpError {
  * command fails at once while disconnected, and a command to a Redis that stopped answering
  * gives up after a short timeout. ioredis keeps reconnecting in the background.
  */
-function createRedisClient(url: string): Redis {
+async function createRedisClient(url: string): Promise<Redis> {
+  // Loaded only when REDIS_URL is set: a single instance never needs it, and the module costs
+  // about 2 MB of heap that would otherwise stay resident.
+  const { Redis } = await import('ioredis');
   const redis = new Redis(url, {
     enableOfflineQueue: false,
     maxRetriesPerRequest: 0,
@@ -104,7 +107,7 @@ function checksCredentials(route: string | undefined): boolean {
  */
 async function rateLimitPlugin(app: FastifyInstance, options: { config: Config }) {
   const { rateLimit, redisUrl } = options.config;
-  const redis = redisUrl ? createRedisClient(redisUrl) : undefined;
+  const redis = redisUrl ? await createRedisClient(redisUrl) : undefined;
   if (redis) {
     app.addHook('onClose', async () => {
       redis.disconnect();
