@@ -13,7 +13,7 @@ import { z } from 'zod';
 import type * as Client from '../src/db/client.js';
 import type * as Repository from '../src/tasks/tasks.repository.js';
 import { READERS, readerId, TASKS_PER_USER } from './fixtures.js';
-import { startScriptNodeOptions } from './servers.js';
+import { startScriptNodeOptions } from '../test/start-script.js';
 
 const pgliteAloneResult = z.object({
   seconds: z.number(),

@@ -21,7 +21,6 @@ const READY_TIMEOUT_MS = 180_000;
 const STOP_TIMEOUT_MS = 15_000;
 
 export { freePort } from '../test/free-port.js';
-export { startScriptNodeOptions };
 
 /** Resident memory of one process in MiB, from /proc (Linux); undefined once it has exited. */
 function ownRssMb(pid: number): number | undefined {

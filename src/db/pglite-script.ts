@@ -106,7 +106,7 @@ interface Column {
  * CommandComplete (and one empty result if there was none, as `exec` answers), values parsed
  * by their type's parser. An ErrorResponse is thrown once the whole answer is read.
  */
-export function readScriptAnswer(
+function readScriptAnswer(
   answer: Buffer,
   parserOf: (typeId: number) => Parser | undefined,
 ): ScriptRows[] {
