@@ -64,6 +64,8 @@ const USAGE = `npm run bench -- [options]
   --quick                 short runs (about 2 minutes in all)
   --duration <s>          seconds per 64-connection scenario (default 10; 4 with --quick)
   --open-duration <s>     seconds of the fixed-rate 1 000-connection scenario (default 60; 15 with --quick)
+  --rounds <n>            alternations of service and reference (and of the RLS pair); each ratio
+                          is the median of its alternations (default 5; 3 with --quick)
   --soak                  add the soak: mixed load at a fixed rate, RSS every 10 s
   --soak-duration <s>     length of the soak (default 600)
   --pglite                run the service on PGlite (no reference server then)
@@ -90,6 +92,7 @@ function parseOptions(argv: string[]) {
       quick: { type: 'boolean', default: false },
       duration: { type: 'string' },
       'open-duration': { type: 'string' },
+      rounds: { type: 'string' },
       soak: { type: 'boolean', default: false },
       'soak-duration': { type: 'string' },
       pglite: { type: 'boolean', default: false },
@@ -143,6 +146,7 @@ function parseOptions(argv: string[]) {
     quick: values.quick,
     duration: count('duration', values.duration, values.quick ? 4 : 10),
     openDuration: count('open-duration', values['open-duration'], values.quick ? 15 : 60),
+    rounds: count('rounds', values.rounds, values.quick ? 3 : 5),
     soak: values.soak,
     soakDuration: count('soak-duration', values['soak-duration'], 600),
     kind: values.pglite ? ('pglite' as const) : ('postgres' as const),
@@ -422,13 +426,13 @@ async function main(options: Options) {
       plan,
     });
 
-    // Throughput beside the reference, alternating service and reference twice.
+    // Throughput beside the reference, alternating service and reference.
     for (const [id, label, plan] of [
       ['list20', 'list 20', plans.list20],
       ['create', 'create', plans.create],
     ] as const) {
       if (!options.only.has(id)) continue;
-      for (let round = 0; round < 2; round++) {
+      for (let round = 0; round < options.rounds; round++) {
         await measure(id, label, 'service', service, closedLoop(plan));
         if (reference) await measure(id, label, 'reference', reference, closedLoop(plan));
       }
@@ -468,7 +472,7 @@ async function main(options: Options) {
       await smokeTest(withoutRls, population, false);
       await meetEveryone(withoutRls);
       await warmUp(withoutRls);
-      for (let round = 0; round < 2; round++) {
+      for (let round = 0; round < options.rounds; round++) {
         await measure('rls', 'list 20', 'service', service, closedLoop(plans.list20));
         await measure('rls', 'list 20', 'no RLS', withoutRls, closedLoop(plans.list20));
       }
