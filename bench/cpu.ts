@@ -53,6 +53,30 @@ const DATABASE_COMMANDS = new Set(['postgres', 'pgbouncer']);
 export interface CpuSnapshot {
   serverMs: number;
   databaseMs: number;
+  machine: MachineTicks;
+}
+
+/** The machine's CPU time so far (all cores, from /proc/stat), and how much the hypervisor took. */
+export interface MachineTicks {
+  total: number;
+  steal: number;
+}
+
+function machineTicks(): MachineTicks {
+  // "cpu  user nice system idle iowait irq softirq steal guest guest_nice": guest time is
+  // already inside user and nice, so the total stops at steal.
+  const line = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0] ?? '';
+  const ticks = line.trim().split(/\s+/).slice(1, 9).map(Number);
+  return { total: ticks.reduce((sum, value) => sum + value, 0), steal: ticks[7] ?? 0 };
+}
+
+/**
+ * Percent of the machine's CPU time between two snapshots that the hypervisor gave to other
+ * guests: while it is high, every process here ran slower, the service and the reference alike.
+ */
+export function stealPercent(from: MachineTicks, until: MachineTicks): number | null {
+  const total = until.total - from.total;
+  return total > 0 ? ((until.steal - from.steal) * 100) / total : null;
 }
 
 /**
@@ -77,5 +101,5 @@ export function cpuSnapshot(pid: number): CpuSnapshot {
     if (inTree(candidate)) serverMs += stat.cpuMs;
     else if (DATABASE_COMMANDS.has(stat.command)) databaseMs += stat.cpuMs;
   }
-  return { serverMs, databaseMs };
+  return { serverMs, databaseMs, machine: machineTicks() };
 }

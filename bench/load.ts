@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import autocannon from 'autocannon';
-import { type CpuSnapshot, cpuSnapshot } from './cpu.js';
+import { type CpuSnapshot, cpuSnapshot, stealPercent } from './cpu.js';
 import type { RequestPlan } from './fixtures.js';
 import { type RunningServer, rssMb } from './servers.js';
 
@@ -45,6 +45,8 @@ export interface LoadResult {
    * PostgreSQL's processes (null when the database is inside the server).
    */
   cpuUsPerResponse: { server: number | null; database: number | null };
+  /** Share of the machine's CPU time the hypervisor took in the measured window (steal). */
+  stealPercent: number | null;
 }
 
 /** Growable list of latencies (ms). */
@@ -174,6 +176,8 @@ export async function runLoad(server: RunningServer, spec: LoadSpec): Promise<Lo
         server: perResponse((snapshot) => snapshot.serverMs),
         database: spec.databaseCpu === true ? perResponse((snapshot) => snapshot.databaseMs) : null,
       },
+      stealPercent:
+        cpuAtFrom && cpuAtUntil ? stealPercent(cpuAtFrom.machine, cpuAtUntil.machine) : null,
     };
   } finally {
     for (const timer of cpuTimers) clearTimeout(timer);

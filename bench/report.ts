@@ -91,6 +91,7 @@ export function formatTable(records: ScenarioRecord[]): string {
     'RSS MB',
     'CPU µs/resp',
     'DB µs/resp',
+    'steal %',
   ];
   const rows = records.map((record) => [
     record.label,
@@ -106,6 +107,7 @@ export function formatTable(records: ScenarioRecord[]): string {
     fixed(record.rssMaxMb, 0),
     fixed(record.cpuUsPerResponse.server, 0),
     fixed(record.cpuUsPerResponse.database, 0),
+    fixed(record.stealPercent, 1),
   ]);
   const widths = header.map((title, column) =>
     Math.max(title.length, ...rows.map((row) => (row[column] ?? '').length)),

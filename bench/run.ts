@@ -415,7 +415,7 @@ async function main(options: Options) {
       const record: ScenarioRecord = { id, label, target, ...result };
       records.push(record);
       say(
-        `       ${result.requestsPerSecond.toFixed(0)} req/s, p50 ${result.latencyMs.p50.toFixed(1)} ms, p95 ${result.latencyMs.p95.toFixed(1)} ms, p99 ${result.latencyMs.p99.toFixed(1)} ms, ${result.errors} errors, ${result.timeouts} timeouts, RSS ${result.rssMaxMb?.toFixed(0) ?? 'n/a'} MB, CPU µs/response ${result.cpuUsPerResponse.server?.toFixed(0) ?? 'n/a'} server + ${result.cpuUsPerResponse.database?.toFixed(0) ?? 'n/a'} database`,
+        `       ${result.requestsPerSecond.toFixed(0)} req/s, p50 ${result.latencyMs.p50.toFixed(1)} ms, p95 ${result.latencyMs.p95.toFixed(1)} ms, p99 ${result.latencyMs.p99.toFixed(1)} ms, ${result.errors} errors, ${result.timeouts} timeouts, RSS ${result.rssMaxMb?.toFixed(0) ?? 'n/a'} MB, CPU µs/response ${result.cpuUsPerResponse.server?.toFixed(0) ?? 'n/a'} server + ${result.cpuUsPerResponse.database?.toFixed(0) ?? 'n/a'} database, steal ${result.stealPercent?.toFixed(1) ?? 'n/a'} %`,
       );
       await settle(server);
       return record;
