@@ -61,7 +61,7 @@ const RAMP_UP_SECONDS = 2;
 
 const USAGE = `npm run bench -- [options]
 
-  --quick                 short runs (about 2 minutes in all)
+  --quick                 short runs (about 3 minutes in all)
   --duration <s>          seconds per 64-connection scenario (default 10; 4 with --quick)
   --open-duration <s>     seconds of the fixed-rate 1 000-connection scenario (default 60; 15 with --quick)
   --rounds <n>            alternations of service and reference (and of the RLS pair); each ratio
