@@ -125,7 +125,8 @@ export function formatTable(records: ScenarioRecord[]): string {
 export function formatRatio(ratio: Ratio): string {
   if (ratio.overall === null) return `${ratio.name}: n/a (not measured in this run)`;
   const pairs = ratio.pairs.map((value) => value.toFixed(2)).join(', ');
-  return `${ratio.name}: ${ratio.overall.toFixed(2)}, the median of ${ratio.pairs.length} alternations: ${pairs} (mean over mean: ${fixed(ratio.meanOfMeans, 2)})`;
+  const count = ratio.pairs.length;
+  return `${ratio.name}: ${ratio.overall.toFixed(2)}, the median of ${count} alternation${count === 1 ? '' : 's'}: ${pairs} (mean over mean: ${fixed(ratio.meanOfMeans, 2)})`;
 }
 
 export interface TargetInputs {
