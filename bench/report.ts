@@ -65,14 +65,14 @@ export function throughputRatio(
     const other = reference[i];
     return other ? [record.requestsPerSecond / other.requestsPerSecond] : [];
   });
-  // One disturbed window (a neighbour on this shared machine) moves a mean of a few windows
-  // far; it moves the median of the alternations by one place. In one --quick run on
-  // 2026-12-07 the create alternations ranged from 0.55 to 1.54.
   const meanOfMeans =
     reference.length === 0
       ? null
       : mean(service.map((record) => record.requestsPerSecond)) /
         mean(reference.map((record) => record.requestsPerSecond));
+  // One disturbed window (a neighbour on this shared machine) moves a mean of a few windows
+  // far; it moves the median of the alternations by one place. In one --quick run on
+  // 2026-12-07 the create alternations ranged from 0.55 to 1.54.
   return { name, pairs, overall: median(pairs), meanOfMeans };
 }
 

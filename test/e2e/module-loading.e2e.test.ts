@@ -44,10 +44,9 @@ describe('libraries loaded only when configured', () => {
   });
 
   it('when the service starts, then Better Auth is loaded without Kysely, which its Drizzle adapter does not use', () => {
-    const packages = byDefault;
-    expect(packages).toContain('better-auth');
-    expect(packages).toContain('@better-auth/drizzle-adapter');
-    expect(packages).not.toContain('kysely');
+    expect(byDefault).toContain('better-auth');
+    expect(byDefault).toContain('@better-auth/drizzle-adapter');
+    expect(byDefault).not.toContain('kysely');
   });
 
   it('when REDIS_URL is set, then the rate limits load the Redis client', async () => {
