@@ -1,5 +1,11 @@
 import { describe, expect, it } from 'vitest';
-import { checkTargets, type ScenarioRecord, type Target, throughputRatio } from './report.js';
+import {
+  checkTargets,
+  type ScenarioRecord,
+  soakRecord,
+  type Target,
+  throughputRatio,
+} from './report.js';
 
 function record(id: string, target: Target, requestsPerSecond: number): ScenarioRecord {
   return {
@@ -92,5 +98,46 @@ describe('checkTargets', () => {
       figure: '0.60',
       met: false,
     });
+  });
+});
+
+/** RSS every 10 s, as the soak samples it. */
+function rssEvery10s(megabytes: number[]) {
+  return megabytes.map((rssMb, index) => ({ seconds: (index + 1) * 10, rssMb }));
+}
+
+describe('soakRecord', () => {
+  it("counts growth from after the first minute, not from the previous scenario's peak", () => {
+    // The first samples hold what the whole-list scenario left; from 60 s on, 100 -> 120.
+    const samples = rssEvery10s([190, 190, 170, 150, 130, 100, 100, 100, 105, 110, 120, 120, 120]);
+    const soak = soakRecord(130, samples);
+    expect(soak.countedFromSeconds).toBe(60);
+    expect(soak.firstMb).toBe(100);
+    expect(soak.lastMb).toBe(120);
+    expect(soak.growthPercent).toBeCloseTo(20);
+  });
+
+  it('fails the 10 % target on a leak that the inherited peak would have hidden', () => {
+    const samples = rssEvery10s([190, 190, 170, 150, 130, 100, 100, 100, 105, 110, 120, 120, 120]);
+    const checks = checkTargets({
+      records: [],
+      ratios: [],
+      rlsRatio: null,
+      pageRatio: null,
+      soak: soakRecord(130, samples),
+      databaseKind: 'postgres',
+    });
+    expect(checks.find((check) => check.target.startsWith('soak'))).toEqual({
+      target: 'soak: RSS growth < 10 %',
+      figure: '100 -> 120 MB (20.0 %) from 60 s to 130 s',
+      met: false,
+    });
+  });
+
+  it('counts a soak too short to settle from its start', () => {
+    const soak = soakRecord(40, rssEvery10s([100, 104, 106, 110]));
+    expect(soak.countedFromSeconds).toBe(10);
+    expect(soak.firstMb).toBe(102);
+    expect(soak.lastMb).toBe(108);
   });
 });

@@ -583,7 +583,7 @@ async function main(options: Options) {
         : []),
       ...(soak
         ? [
-            `soak: RSS ${soak.samples.map((sample) => sample.rssMb.toFixed(0)).join(' ')} MB; growth ${soak.growthPercent?.toFixed(1) ?? 'n/a'} %`,
+            `soak: RSS ${soak.samples.map((sample) => sample.rssMb.toFixed(0)).join(' ')} MB; growth from ${soak.countedFromSeconds ?? 0} s: ${soak.growthPercent?.toFixed(1) ?? 'n/a'} %`,
           ]
         : []),
       '',
