@@ -44,7 +44,7 @@ const mean = (values: number[]) =>
   values.length === 0 ? Number.NaN : values.reduce((sum, value) => sum + value, 0) / values.length;
 
 /** The middle value; the mean of the two middle ones for an even count. */
-const median = (values: number[]) => {
+export const median = (values: number[]) => {
   const sorted = [...values].sort((a, b) => a - b);
   const upper = sorted[Math.floor(sorted.length / 2)];
   if (upper === undefined) return null;

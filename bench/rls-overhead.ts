@@ -18,6 +18,7 @@ import { task, user } from '../src/db/schema.js';
 import { inlined, withUser } from '../src/db/with-user.js';
 import { createTasksRepository } from '../src/tasks/tasks.repository.js';
 import { LIST_CAP } from '../src/tasks/tasks.schemas.js';
+import { median } from './report.js';
 
 const QUERIES = 2_000;
 const ROUNDS = 5;
@@ -91,16 +92,12 @@ try {
     }
   }
 
-  const median = (values: number[]) => {
-    const sorted = [...values].sort((a, b) => a - b);
-    return sorted[Math.floor(sorted.length / 2)] ?? Number.NaN;
-  };
-  const bare = median(timings.get('bare query') ?? []);
+  const bare = median(timings.get('bare query') ?? []) ?? Number.NaN;
   process.stdout.write(
     `${QUERIES} list queries (${TASKS} tasks each), one connection, median of ${ROUNDS} rounds\n`,
   );
   for (const [label, values] of timings) {
-    const total = median(values);
+    const total = median(values) ?? Number.NaN;
     process.stdout.write(
       `${label.padEnd(18)} ${total.toFixed(0).padStart(6)} ms  ${((total / QUERIES) * 1000).toFixed(0).padStart(5)} µs/query  ×${(total / bare).toFixed(2)}\n`,
     );
