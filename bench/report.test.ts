@@ -107,10 +107,13 @@ function rssEvery10s(megabytes: number[]) {
 }
 
 describe('soakRecord', () => {
+  // The first samples hold what the whole-list scenario left; from 60 s on, 100 -> 120.
+  const leakBehindAPeak = rssEvery10s([
+    190, 190, 170, 150, 130, 100, 100, 100, 105, 110, 120, 120, 120,
+  ]);
+
   it("counts growth from after the first minute, not from the previous scenario's peak", () => {
-    // The first samples hold what the whole-list scenario left; from 60 s on, 100 -> 120.
-    const samples = rssEvery10s([190, 190, 170, 150, 130, 100, 100, 100, 105, 110, 120, 120, 120]);
-    const soak = soakRecord(130, samples);
+    const soak = soakRecord(130, leakBehindAPeak);
     expect(soak.countedFromSeconds).toBe(60);
     expect(soak.firstMb).toBe(100);
     expect(soak.lastMb).toBe(120);
@@ -118,13 +121,12 @@ describe('soakRecord', () => {
   });
 
   it('fails the 10 % target on a leak that the inherited peak would have hidden', () => {
-    const samples = rssEvery10s([190, 190, 170, 150, 130, 100, 100, 100, 105, 110, 120, 120, 120]);
     const checks = checkTargets({
       records: [],
       ratios: [],
       rlsRatio: null,
       pageRatio: null,
-      soak: soakRecord(130, samples),
+      soak: soakRecord(130, leakBehindAPeak),
       databaseKind: 'postgres',
     });
     expect(checks.find((check) => check.target.startsWith('soak'))).toEqual({
